@@ -1,0 +1,248 @@
+//! The `scalpel` command: parse arguments, call the library, map the outcome to an exit
+//! code. Logic lives in the library so that tests reach it; this file is glue.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use scalpel::model::chat::{self, Message};
+use scalpel::model::generate::{generate, SamplingParams};
+use scalpel::model::loaded::{device, LoadedModel};
+use scalpel::model::source::DEFAULT_MODEL;
+use scalpel::model::Hooks;
+
+#[derive(Parser)]
+#[command(name = "scalpel", version, about = "Test safety interventions on language models the way cargo test tests code")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Continue a prompt with the model (streams tokens to a terminal).
+    Generate(GenerateArgs),
+    /// Print the token ids and the last position's logits over the whole vocabulary.
+    Logits(LogitsArgs),
+    /// Bring pinned offline assets (models, tokenizers, datasets) into $SCALPEL_HOME.
+    Fetch(FetchArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Shipped model name, a .gguf file, a Hugging Face directory, or hf:owner/name[@rev].
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user turn in the model's own chat template.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    chat: bool,
+    /// Print {"model", "token_ids", "last_logits"} as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// Asset ids (see --list).
+    names: Vec<String>,
+    /// Every asset in the catalog.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+    /// List the catalog and what is already present.
+    #[arg(long, conflicts_with_all = ["names", "all"])]
+    list: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => run_generate(a),
+        Command::Logits(a) => run_logits(a),
+        Command::Fetch(a) => run_fetch(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes, outermost first, no backtrace.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(m: &ModelArgs) -> Result<LoadedModel> {
+    let dev = device(&m.device)?;
+    let spinner = spinner(format!("loading {}", m.model));
+    let model = LoadedModel::load(&m.model, &dev);
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    Ok(model?)
+}
+
+fn spinner(msg: String) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let s = indicatif::ProgressBar::new_spinner().with_message(msg);
+    s.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(s)
+}
+
+fn prompt_text(model: &LoadedModel, prompt: &str, chat: bool) -> Result<String> {
+    if prompt.is_empty() {
+        bail!("--prompt: empty prompt");
+    }
+    Ok(if chat {
+        chat::render(&model.tokenizer, &[Message::user(prompt)], true)?
+    } else {
+        prompt.to_string()
+    })
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let params = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        max_new_tokens: a.max_tokens,
+        seed: a.seed,
+        stop_ids: vec![],
+    };
+    params.validate().map_err(anyhow::Error::msg).context("sampling options")?;
+    let model = load(&a.model)?;
+    let text = prompt_text(&model, &a.prompt, a.chat)?;
+    let ids = model.encode(&text)?;
+    let params = SamplingParams {
+        stop_ids: model.tokenizer.stop_ids.clone(),
+        ..params
+    };
+    let stream = std::io::stdout().is_terminal();
+    let mut shown = String::new();
+    let mut toks = Vec::new();
+    let mut out = std::io::stdout().lock();
+    let gens = generate(model.model.as_ref(), &ids, &params, 1, &Hooks::new(), |_, t| {
+        if stream {
+            // Decode the whole continuation each time: a token can end mid-character.
+            toks.push(t);
+            if let Ok(s) = model.tokenizer.decode(&toks) {
+                if s.len() > shown.len() && s.starts_with(&shown) && !s.ends_with('\u{FFFD}') {
+                    let _ = write!(out, "{}", &s[shown.len()..]);
+                    let _ = out.flush();
+                    shown = s;
+                }
+            }
+        }
+    })?;
+    let full = model.tokenizer.decode(&gens[0].tokens)?;
+    if stream {
+        if full.len() >= shown.len() && full.starts_with(&shown) {
+            write!(out, "{}", &full[shown.len()..])?;
+        }
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{full}")?;
+    }
+    Ok(())
+}
+
+fn run_logits(a: LogitsArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    let text = prompt_text(&model, &a.prompt, a.chat)?;
+    let ids = model.encode(&text)?;
+    let logits = model.last_logits(&ids)?;
+    if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+        bail!("logit {i} is not finite ({}): the weights are corrupt", logits[i]);
+    }
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({
+            "model": model.name,
+            "token_ids": ids,
+            "last_logits": logits,
+        });
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "model: {}  tokens: {:?}", model.name, ids)?;
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
+        for &i in order.iter().take(10) {
+            let tok = model.tokenizer.id_to_token(i as u32).unwrap_or_default();
+            writeln!(out, "{i:>8} {tok:<20} {:>10.4}", logits[i])?;
+        }
+    }
+    Ok(())
+}
+
+fn run_fetch(a: FetchArgs) -> Result<()> {
+    use scalpel::assets;
+    let home = assets::scalpel_home();
+    if a.list {
+        for asset in assets::catalog() {
+            let present = matches!(assets::installed_in(&home, asset.id), Ok(Some(_)));
+            println!(
+                "{:<24} {:<8} {}",
+                asset.id,
+                if present { "present" } else { "-" },
+                asset.description
+            );
+        }
+        return Ok(());
+    }
+    let ids: Vec<String> = if a.all {
+        assets::catalog().iter().map(|x| x.id.to_string()).collect()
+    } else if a.names.is_empty() {
+        bail!("name the assets to fetch, or --all (see scalpel fetch --list)");
+    } else {
+        a.names.clone()
+    };
+    // Unknown names fail before anything is downloaded.
+    for id in &ids {
+        assets::find(id)?;
+    }
+    for id in &ids {
+        match assets::fetch_in(&home, id)? {
+            assets::FetchOutcome::AlreadyPresent(p) => {
+                eprintln!("{id}: already present at {} (no download)", p.display())
+            }
+            assets::FetchOutcome::Fetched(p) => eprintln!("{id}: fetched into {}", p.display()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Llama-family decoder (SmolLM2, Llama 2/3-style without rope scaling): RMSNorm, RoPE in
+//! the Hugging Face "rotate half" layout, grouped-query attention, SwiGLU MLP, tied or
+//! untied unembedding. Weights use Hugging Face checkpoint names; GGUF files are renamed
+//! and their q/k rows un-permuted into this layout by `gguf.rs`.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::hooks::{ActivationCache, HookPoint, Hooks};
+use super::ops::{self, Rope};
+use super::{Arch, ForwardOutput, KvCache, ModelError, ModelInfo, Transformer};
+
+/// `config.json` as Hugging Face writes it for `LlamaForCausalLM`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfigFile {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    pub vocab_size: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    2048
+}
+
+/// Resolved configuration: defaults filled once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub d_model: usize,
+    pub d_mlp: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub rms_eps: f64,
+    pub rope_theta: f64,
+    pub vocab_size: usize,
+    pub tie_embeddings: bool,
+    pub max_positions: usize,
+}
+
+impl LlamaConfigFile {
+    pub fn into_config(self, path: &Path) -> Result<LlamaConfig, ModelError> {
+        if let Some(s) = &self.rope_scaling {
+            if !s.is_null() {
+                return Err(ModelError::config(
+                    path,
+                    "rope_scaling",
+                    format!("rope scaling {s} is not supported yet"),
+                ));
+            }
+        }
+        if self.attention_bias || self.mlp_bias {
+            return Err(ModelError::config(
+                path,
+                "attention_bias",
+                "biased Llama projections are not supported",
+            ));
+        }
+        let n_kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
+        if n_kv_heads == 0 || self.num_attention_heads % n_kv_heads != 0 {
+            return Err(ModelError::config(
+                path,
+                "num_key_value_heads",
+                format!(
+                    "{n_kv_heads} does not divide num_attention_heads {}",
+                    self.num_attention_heads
+                ),
+            ));
+        }
+        let d_head = self
+            .head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads);
+        Ok(LlamaConfig {
+            d_model: self.hidden_size,
+            d_mlp: self.intermediate_size,
+            n_layers: self.num_hidden_layers,
+            n_heads: self.num_attention_heads,
+            n_kv_heads,
+            d_head,
+            rms_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            vocab_size: self.vocab_size,
+            tie_embeddings: self.tie_word_embeddings,
+            max_positions: self.max_position_embeddings,
+        })
+    }
+}
+
+struct Attention {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+}
+
+struct Mlp {
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+struct Block {
+    ln1: Tensor,
+    attn: Attention,
+    ln2: Tensor,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(vb: VarBuilder, c: &LlamaConfig) -> candle_core::Result<Self> {
+        let (d, dh) = (c.d_model, c.d_head);
+        let a = vb.pp("self_attn");
+        let m = vb.pp("mlp");
+        Ok(Block {
+            ln1: vb.pp("input_layernorm").get(d, "weight")?,
+            attn: Attention {
+                q: a.pp("q_proj").get((c.n_heads * dh, d), "weight")?,
+                k: a.pp("k_proj").get((c.n_kv_heads * dh, d), "weight")?,
+                v: a.pp("v_proj").get((c.n_kv_heads * dh, d), "weight")?,
+                o: a.pp("o_proj").get((d, c.n_heads * dh), "weight")?,
+            },
+            ln2: vb.pp("post_attention_layernorm").get(d, "weight")?,
+            mlp: Mlp {
+                gate: m.pp("gate_proj").get((c.d_mlp, d), "weight")?,
+                up: m.pp("up_proj").get((c.d_mlp, d), "weight")?,
+                down: m.pp("down_proj").get((d, c.d_mlp), "weight")?,
+            },
+        })
+    }
+}
+
+pub struct Llama {
+    cfg: LlamaConfig,
+    info: ModelInfo,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: Rope,
+    device: Device,
+}
+
+impl Llama {
+    /// Load from Hugging Face-named weights (`model.layers.{i}.self_attn.q_proj.weight`…).
+    pub fn load(vb: VarBuilder, cfg: LlamaConfig) -> candle_core::Result<Self> {
+        let device = vb.device().clone();
+        let embed = vb
+            .pp("model.embed_tokens")
+            .get((cfg.vocab_size, cfg.d_model), "weight")?;
+        let blocks = (0..cfg.n_layers)
+            .map(|i| Block::load(vb.pp(format!("model.layers.{i}")), &cfg))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norm = vb.pp("model.norm").get(cfg.d_model, "weight")?;
+        let lm_head = if cfg.tie_embeddings {
+            embed.clone()
+        } else {
+            vb.pp("lm_head").get((cfg.vocab_size, cfg.d_model), "weight")?
+        };
+        // RoPE tables cover the context window; cheap (max_pos × dh/2 floats).
+        let rope = Rope::new(cfg.d_head, cfg.rope_theta, cfg.max_positions, &device)?;
+        let info = ModelInfo {
+            arch: Arch::Llama,
+            n_layers: cfg.n_layers,
+            d_model: cfg.d_model,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            d_head: cfg.d_head,
+            d_mlp: cfg.d_mlp,
+            vocab_size: cfg.vocab_size,
+            max_positions: cfg.max_positions,
+        };
+        Ok(Llama {
+            cfg,
+            info,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    fn attention(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        offset: usize,
+        kv: Option<&mut KvCache>,
+        hooks: &Hooks,
+        cache: &mut ActivationCache,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let a = &self.blocks[layer].attn;
+        let (b, t, _) = x.dims3()?;
+        let q = ops::linear(x, &a.q, None)?.reshape((b, t, c.n_heads, c.d_head))?;
+        let k = ops::linear(x, &a.k, None)?.reshape((b, t, c.n_kv_heads, c.d_head))?;
+        let v = ops::linear(x, &a.v, None)?.reshape((b, t, c.n_kv_heads, c.d_head))?;
+        let q = hooks.apply(HookPoint::AttnQ(layer), q, offset, cache)?;
+        let k = hooks.apply(HookPoint::AttnK(layer), k, offset, cache)?;
+        let v = hooks.apply(HookPoint::AttnV(layer), v, offset, cache)?;
+        // [b, heads, t, dh]
+        let q = self.rope.apply(&q.transpose(1, 2)?.contiguous()?, offset)?;
+        let k = self.rope.apply(&k.transpose(1, 2)?.contiguous()?, offset)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match kv {
+            Some(kv) => kv.append(layer, k, v)?,
+            None => (k, v),
+        };
+        let rep = c.n_heads / c.n_kv_heads;
+        let k = ops::repeat_kv(&k, rep)?.contiguous()?;
+        let v = ops::repeat_kv(&v, rep)?.contiguous()?;
+        let scale = 1.0 / (c.d_head as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?; // [b, h, t, t_total]
+        if t > 1 {
+            let mask = ops::causal_mask(t, offset, scores.dtype(), &self.device)?;
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
+        let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
+        let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, t, h, dh]
+        let z = hooks.apply(HookPoint::AttnZ(layer), z, offset, cache)?;
+        let z = z.reshape((b, t, c.n_heads * c.d_head))?;
+        ops::linear(&z, &a.o, None)
+    }
+
+    fn mlp(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        offset: usize,
+        hooks: &Hooks,
+        cache: &mut ActivationCache,
+    ) -> candle_core::Result<Tensor> {
+        let m = &self.blocks[layer].mlp;
+        let pre = ops::linear(x, &m.gate, None)?; // [b, t, m]
+        let pre = hooks.apply(HookPoint::MlpPre(layer), pre, offset, cache)?;
+        let up = ops::linear(x, &m.up, None)?;
+        let post = (candle_nn::ops::silu(&pre)? * up)?;
+        let post = hooks.apply(HookPoint::MlpPost(layer), post, offset, cache)?;
+        ops::linear(&post, &m.down, None)
+    }
+
+    fn forward_inner(
+        &self,
+        ids: &Tensor,
+        mut kv: Option<&mut KvCache>,
+        hooks: &Hooks,
+    ) -> candle_core::Result<ForwardOutput> {
+        let (b, t) = ids.dims2()?;
+        let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
+        let mut cache = ActivationCache::default();
+        let x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.d_model))?; // [b, t, d]
+        let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
+        for l in 0..self.cfg.n_layers {
+            let blk = &self.blocks[l];
+            let resid_pre = hooks.apply(HookPoint::ResidPre(l), resid, offset, &mut cache)?;
+            let h = ops::rms_norm(&resid_pre, &blk.ln1, self.cfg.rms_eps)?;
+            let attn = self.attention(l, &h, offset, kv.as_deref_mut(), hooks, &mut cache)?;
+            let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, &mut cache)?;
+            let resid_mid = hooks.apply(HookPoint::ResidMid(l), (resid_pre + attn)?, offset, &mut cache)?;
+            let h = ops::rms_norm(&resid_mid, &blk.ln2, self.cfg.rms_eps)?;
+            let mlp = self.mlp(l, &h, offset, hooks, &mut cache)?;
+            let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, offset, &mut cache)?;
+            resid = hooks.apply(HookPoint::ResidPost(l), (resid_mid + mlp)?, offset, &mut cache)?;
+        }
+        let logits = self.unembed_inner(&resid)?;
+        Ok(ForwardOutput { logits, cache })
+    }
+
+    fn unembed_inner(&self, resid: &Tensor) -> candle_core::Result<Tensor> {
+        let h = ops::rms_norm(resid, &self.norm, self.cfg.rms_eps)?;
+        ops::linear(&h, &self.lm_head, None)
+    }
+}
+
+impl Transformer for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(
+        &self,
+        ids: &Tensor,
+        kv: Option<&mut KvCache>,
+        hooks: &Hooks,
+    ) -> Result<ForwardOutput, ModelError> {
+        hooks.validate(self.cfg.n_layers)?;
+        let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
+        let t = ids.dim(D::Minus1)?;
+        if offset + t > self.rope.max_positions() {
+            return Err(ModelError::TooLong {
+                len: offset + t,
+                max: self.rope.max_positions(),
+            });
+        }
+        Ok(self.forward_inner(ids, kv, hooks)?)
+    }
+
+    fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.unembed_inner(resid)?)
+    }
+
+    fn token_embeddings(&self) -> &Tensor {
+        &self.embed
+    }
+}

@@ -1,0 +1,155 @@
+//! The hooked transformer: architectures, weights, tokenizer, generation.
+//!
+//! Every architecture implements [`Transformer`]: a forward pass over token ids that
+//! takes a set of [`Hooks`] (readers cache activations, writers edit them) and an optional
+//! KV cache, and returns logits at every position.
+
+pub mod chat;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod gpt2;
+pub mod hf;
+pub mod hooks;
+pub mod llama;
+pub mod loaded;
+pub mod ops;
+pub mod source;
+pub mod tokenizer;
+
+use candle_core::{Device, Tensor};
+
+pub use error::ModelError;
+pub use hooks::{ActivationCache, HookPoint, Hooks, Positions, Units, Writer};
+pub use loaded::LoadedModel;
+pub use source::ModelSource;
+
+/// Architecture families with a forward pass in this crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gpt2,
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Llama => "llama",
+            Arch::Gpt2 => "gpt2",
+        })
+    }
+}
+
+/// Shape facts about a loaded model that hooks, interventions and tools need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub arch: Arch,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+}
+
+/// Logits at every position `[b, t, vocab]`, plus what the readers cached.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    pub logits: Tensor,
+    pub cache: ActivationCache,
+}
+
+/// Keys and values of earlier positions, per layer, `[b, kv_heads, t, dh]` after RoPE.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; n_layers],
+        }
+    }
+
+    /// Number of positions already cached (the offset of the next call).
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Append this call's keys and values at `layer`; returns the full keys and values.
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (k, v) = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    /// Copy a batch-1 cache into `n` rows, so that `n` samples share one prefill.
+    pub fn repeat_batch(&self, n: usize) -> candle_core::Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|(k, v)| -> candle_core::Result<(Tensor, Tensor)> {
+                        Ok((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?))
+                    })
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+
+    /// Keep only the first `len` positions (reuse a shared prefix across requests).
+    pub fn truncate(&mut self, len: usize) -> candle_core::Result<()> {
+        for l in self.layers.iter_mut() {
+            if let Some((k, v)) = l.take() {
+                *l = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A causal language model with hook points.
+pub trait Transformer: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+    fn device(&self) -> &Device;
+
+    /// Forward `ids` `[b, t]`. With a KV cache, the ids continue the cached positions and
+    /// the cache is extended; positions (and writers' position selectors) are absolute.
+    fn forward(
+        &self,
+        ids: &Tensor,
+        kv: Option<&mut KvCache>,
+        hooks: &Hooks,
+    ) -> Result<ForwardOutput, ModelError>;
+
+    /// Final norm and unembedding of a residual-stream tensor `[.., d]` → `[.., vocab]`.
+    fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError>;
+
+    /// The token embedding matrix `[vocab, d]` (its spread sets causal tracing's noise).
+    fn token_embeddings(&self) -> &Tensor;
+
+    fn new_kv_cache(&self) -> KvCache {
+        KvCache::new(self.info().n_layers)
+    }
+}

@@ -1,0 +1,167 @@
+//! Numerical building blocks shared by the architectures.
+//!
+//! candle's fused kernels (RMSNorm, LayerNorm, RoPE) are fast but have no backward pass:
+//! a gradient would silently stop at them. So each op here checks whether any input is
+//! tracked by autograd (a `Var` upstream) and then uses the composed, differentiable form.
+//! Both forms compute the same function (tested below).
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.track_op() || w.track_op() {
+        let d = x.dim(D::Minus1)? as f64;
+        let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+        x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+    } else {
+        candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
+    }
+}
+
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.track_op() || w.track_op() || b.track_op() {
+        let d = x.dim(D::Minus1)? as f64;
+        let mean = (x.sum_keepdim(D::Minus1)? / d)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+        xc.broadcast_div(&(var + eps)?.sqrt()?)?
+            .broadcast_mul(w)?
+            .broadcast_add(b)
+    } else {
+        candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)
+    }
+}
+
+/// Cos/sin tables for rotary embeddings in the "rotate half" (NEOX / Hugging Face)
+/// layout, `[max_pos, rot_dim / 2]`. Computed in f64 and rounded once.
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(rot_dim: usize, base: f64, max_pos: usize, dev: &Device) -> Result<Self> {
+        let half = rot_dim / 2;
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for i in 0..half {
+                let inv = base.powf(-((2 * i) as f64) / rot_dim as f64);
+                let a = p as f64 * inv;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (max_pos, half), dev)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), dev)?,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Rotate `x` `[b, heads, t, dh]` whose first position is `offset`.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        if x.track_op() {
+            candle_nn::rotary_emb::rope_slow(x, &cos, &sin)
+        } else {
+            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
+        }
+    }
+}
+
+/// Additive causal mask `[t, offset + t]`: query `i` (absolute `offset + i`) may see
+/// keys `0..=offset + i`.
+pub fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let total = offset + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, total), dev)?.to_dtype(dtype)
+}
+
+/// Repeat key/value heads for grouped-query attention: `[b, kvh, t, dh]` →
+/// `[b, kvh·rep, t, dh]`, each kv head serving `rep` consecutive query heads.
+pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kvh, t, dh) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, kvh, rep, t, dh))?
+        .reshape((b, kvh * rep, t, dh))
+}
+
+/// `x @ wᵀ (+ b)` for `x` of any rank ≥ 2 against a `[out, in]` weight.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let inner = dims[dims.len() - 1];
+    let out = w.dim(0)?;
+    let flat = x.reshape(((), inner))?;
+    let y = flat.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut shape = dims[..dims.len() - 1].to_vec();
+    shape.push(out);
+    y.reshape(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_and_differentiable_forms_agree() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 8), &dev).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 8, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 8, &dev).unwrap();
+        // A Var input takes the composed path; a plain tensor the fused one.
+        let xv = candle_core::Var::from_tensor(&x).unwrap();
+        let a = rms_norm(&x, &w, 1e-5).unwrap();
+        let c = rms_norm(xv.as_tensor(), &w, 1e-5).unwrap();
+        assert!(!a.track_op() && c.track_op());
+        assert!(max_diff(&a, &c) < 1e-5);
+        let a = layer_norm(&x, &w, &b, 1e-5).unwrap();
+        let c = layer_norm(xv.as_tensor(), &w, &b, 1e-5).unwrap();
+        assert!(c.track_op());
+        assert!(max_diff(&a, &c) < 1e-5);
+        let rope = Rope::new(8, 10000.0, 32, &dev).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        let qv = candle_core::Var::from_tensor(&q).unwrap();
+        let a = rope.apply(&q, 7).unwrap();
+        let c = rope.apply(qv.as_tensor(), 7).unwrap();
+        assert!(c.track_op());
+        assert!(max_diff(&a, &c) < 1e-5);
+    }
+
+    #[test]
+    fn causal_mask_respects_offset() {
+        let m = causal_mask(2, 3, DType::F32, &Device::Cpu).unwrap();
+        let v = m.to_vec2::<f32>().unwrap();
+        assert_eq!(v[0][3], 0.0);
+        assert_eq!(v[0][4], f32::NEG_INFINITY);
+        assert_eq!(v[1][4], 0.0);
+    }
+}

@@ -1,0 +1,252 @@
+//! Tokenizers: Hugging Face `tokenizer.json`, or the byte-level BPE stored in a GGUF.
+//!
+//! The GGUF route rebuilds the `tokenizer.json` that the GGUF was converted from (BPE
+//! vocab and merges, the pre-tokenizer named by `tokenizer.ggml.pre`, the special tokens)
+//! and hands it to the `tokenizers` crate. candle's `TokenizerFromGguf` is not used: it
+//! adds a leading-space token at the start and after special tokens, so its ids differ
+//! from the ones the model was trained on.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::gguf::GgufFile;
+use super::ModelError;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    source: PathBuf,
+    /// Token the evaluation harnesses prepend when a context is empty.
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// Generation stops at any of these.
+    pub stop_ids: Vec<u32>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// Jinja chat template as shipped with the model (GGUF or tokenizer_config.json).
+    pub chat_template: Option<String>,
+}
+
+impl Tokenizer {
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`, adding no special tokens (special-token strings written in
+    /// the text, such as `<|im_start|>`, still map to their ids).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| self.err(format!("encode: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| self.err(format!("decode: {e}")))
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn token_to_id(&self, tok: &str) -> Option<u32> {
+        self.inner.token_to_id(tok)
+    }
+
+    fn err(&self, message: String) -> ModelError {
+        ModelError::Tokenizer {
+            path: self.source.clone(),
+            message,
+        }
+    }
+
+    /// A `tokenizer.json` (with `tokenizer_config.json` beside it for the chat template
+    /// and the names of the special tokens, when present).
+    pub fn from_hf_dir(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(ModelError::NotFound { path });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = match std::fs::read_to_string(&cfg_path) {
+            Ok(s) => serde_json::from_str(&s).map_err(|e| {
+                ModelError::config(&cfg_path, "(json)", e.to_string())
+            })?,
+            Err(_) => Value::Null,
+        };
+        let token_str = |key: &str| -> Option<String> {
+            match cfg.get(key) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+                _ => None,
+            }
+        };
+        let model_cfg = read_json_opt(&dir.join("config.json"))?;
+        let gen_cfg = read_json_opt(&dir.join("generation_config.json"))?;
+        let bos_token = token_str("bos_token");
+        let eos_token = token_str("eos_token");
+        let bos_id = bos_token
+            .as_deref()
+            .and_then(|t| inner.token_to_id(t))
+            .or_else(|| json_u32(&model_cfg, "bos_token_id"));
+        let eos_id = eos_token
+            .as_deref()
+            .and_then(|t| inner.token_to_id(t))
+            .or_else(|| json_u32(&model_cfg, "eos_token_id"));
+        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
+        for v in [&gen_cfg, &model_cfg] {
+            stop_ids.extend(json_u32s(v, "eos_token_id"));
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        let chat_template = match cfg.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        Ok(Tokenizer {
+            inner,
+            source: path,
+            bos_id,
+            eos_id,
+            stop_ids,
+            bos_token,
+            eos_token,
+            chat_template,
+        })
+    }
+
+    /// The byte-level BPE tokenizer stored in a GGUF (`tokenizer.ggml.model == "gpt2"`).
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let path = g.path.clone();
+        let model = g.string("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(ModelError::config(
+                &path,
+                "tokenizer.ggml.model",
+                format!("tokenizer model '{model}' is not supported (supported: gpt2 byte-level BPE)"),
+            ));
+        }
+        let tokens = g.strings("tokenizer.ggml.tokens")?;
+        let merges = g.strings("tokenizer.ggml.merges")?;
+        let types = if g.has("tokenizer.ggml.token_type") {
+            g.i32s("tokenizer.ggml.token_type")?
+        } else {
+            vec![1; tokens.len()]
+        };
+        let pre = if g.has("tokenizer.ggml.pre") {
+            g.string("tokenizer.ggml.pre")?
+        } else {
+            "default".to_string()
+        };
+        let pre_tokenizer = pre_tokenizer_for(&pre).ok_or_else(|| {
+            ModelError::config(
+                &path,
+                "tokenizer.ggml.pre",
+                format!("pre-tokenizer '{pre}' is not supported (supported: smollm, gpt2, default)"),
+            )
+        })?;
+        // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte.
+        let added: Vec<Value> = tokens
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .filter(|(_, (_, ty))| **ty == 3 || **ty == 4)
+            .map(|(id, (tok, ty))| {
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false, "special": *ty == 3})
+            })
+            .collect();
+        let vocab: serde_json::Map<String, Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            }
+        });
+        let inner: tokenizers::Tokenizer = spec
+            .to_string()
+            .parse()
+            .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                path: path.clone(),
+                message: format!("building BPE from GGUF vocabulary: {e}"),
+            })?;
+        let id = |key: &str| -> Result<Option<u32>, ModelError> {
+            Ok(if g.has(key) { Some(g.usize(key)? as u32) } else { None })
+        };
+        let bos_id = id("tokenizer.ggml.bos_token_id")?;
+        let eos_id = id("tokenizer.ggml.eos_token_id")?;
+        let name = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize).cloned());
+        let chat_template = if g.has("tokenizer.chat_template") {
+            Some(g.string("tokenizer.chat_template")?)
+        } else {
+            None
+        };
+        Ok(Tokenizer {
+            inner,
+            source: path,
+            bos_id,
+            eos_id,
+            stop_ids: eos_id.into_iter().collect(),
+            bos_token: name(bos_id),
+            eos_token: name(eos_id),
+            chat_template,
+        })
+    }
+}
+
+/// `tokenizer.json` pre-tokenizers for llama.cpp's `tokenizer.ggml.pre` names.
+fn pre_tokenizer_for(pre: &str) -> Option<Value> {
+    let byte_level =
+        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    match pre {
+        // SmolLM: every digit is its own token, then GPT-2's byte-level split.
+        "smollm" => Some(json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level]})),
+        "gpt2" | "default" => Some(byte_level),
+        _ => None,
+    }
+}
+
+fn read_json_opt(path: &Path) -> Result<Value, ModelError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => serde_json::from_str(&s).map_err(|e| ModelError::config(path, "(json)", e.to_string())),
+        Err(_) => Ok(Value::Null),
+    }
+}
+
+fn json_u32(v: &Value, key: &str) -> Option<u32> {
+    v.get(key).and_then(|x| x.as_u64()).map(|x| x as u32)
+}
+
+fn json_u32s(v: &Value, key: &str) -> Vec<u32> {
+    match v.get(key) {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}

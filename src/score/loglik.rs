@@ -1,0 +1,140 @@
+//! Log-likelihood of continuations given contexts, with lm-evaluation-harness semantics,
+//! so that every multiple-choice task scores exactly as the harness does:
+//!
+//! - trailing whitespace of the context moves to the front of the continuation;
+//! - the continuation's tokens are those of `tokenize(context + continuation)` past
+//!   `len(tokenize(context))` (so a merge across the boundary counts as continuation);
+//! - an empty context is replaced by the prefix token (BOS, else EOS);
+//! - the input is `(context + continuation)[-(max_len + 1):][:-1]`, and the score is the
+//!   summed log-probability of the continuation tokens plus whether each was the argmax.
+
+use candle_core::{DType, IndexOp, Tensor, D};
+
+use crate::model::generate::forward_batch;
+use crate::model::{Hooks, LoadedModel, ModelError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoglikRequest {
+    pub context: String,
+    pub continuation: String,
+}
+
+impl LoglikRequest {
+    pub fn new(context: impl Into<String>, continuation: impl Into<String>) -> Self {
+        LoglikRequest {
+            context: context.into(),
+            continuation: continuation.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoglikResponse {
+    /// Summed natural-log probability of the continuation tokens.
+    pub logprob: f64,
+    /// Every continuation token was the model's argmax.
+    pub is_greedy: bool,
+    /// Number of continuation tokens scored.
+    pub n_tokens: usize,
+}
+
+/// Context and continuation token ids, split as the harness splits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPair {
+    pub context: Vec<u32>,
+    pub continuation: Vec<u32>,
+}
+
+pub fn encode_pair(model: &LoadedModel, req: &LoglikRequest) -> Result<EncodedPair, ModelError> {
+    let tok = &model.tokenizer;
+    if req.continuation.is_empty() {
+        return Err(ModelError::EmptyPrompt);
+    }
+    if req.context.is_empty() {
+        let prefix = tok.bos_id.or(tok.eos_id).ok_or_else(|| ModelError::Tokenizer {
+            path: tok.source().to_path_buf(),
+            message: "empty context needs a BOS or EOS token to stand for it".into(),
+        })?;
+        return Ok(EncodedPair {
+            context: vec![prefix],
+            continuation: tok.encode(&req.continuation)?,
+        });
+    }
+    let trimmed = req.context.trim_end();
+    let n_spaces = req.context.len() - trimmed.len();
+    let (context, continuation) = if n_spaces > 0 {
+        (
+            trimmed.to_string(),
+            format!("{}{}", &req.context[trimmed.len()..], req.continuation),
+        )
+    } else {
+        (req.context.clone(), req.continuation.clone())
+    };
+    let whole = tok.encode(&format!("{context}{continuation}"))?;
+    let ctx = tok.encode(&context)?;
+    let split = ctx.len().min(whole.len());
+    Ok(EncodedPair {
+        context: whole[..split].to_vec(),
+        continuation: whole[split..].to_vec(),
+    })
+}
+
+/// Score `reqs`, `batch_size` sequences per forward pass.
+pub fn loglikelihood(
+    model: &LoadedModel,
+    reqs: &[LoglikRequest],
+    batch_size: usize,
+) -> Result<Vec<LoglikResponse>, ModelError> {
+    let pairs = reqs
+        .iter()
+        .map(|r| encode_pair(model, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    loglikelihood_tokens(model, &pairs, batch_size)
+}
+
+pub fn loglikelihood_tokens(
+    model: &LoadedModel,
+    pairs: &[EncodedPair],
+    batch_size: usize,
+) -> Result<Vec<LoglikResponse>, ModelError> {
+    let max_len = model.model.info().max_positions;
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch_size.max(1)) {
+        let mut inputs = Vec::with_capacity(chunk.len());
+        let mut conts = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            if p.continuation.is_empty() {
+                return Err(ModelError::EmptyPrompt);
+            }
+            let mut whole: Vec<u32> = p.context.iter().chain(&p.continuation).copied().collect();
+            if whole.len() > max_len + 1 {
+                whole.drain(..whole.len() - (max_len + 1));
+            }
+            whole.pop();
+            let n_cont = p.continuation.len().min(whole.len());
+            inputs.push(whole);
+            conts.push(&p.continuation[p.continuation.len() - n_cont..]);
+        }
+        let batch = forward_batch(model.model.as_ref(), &inputs, pad, &Hooks::new())?;
+        for (i, cont) in conts.iter().enumerate() {
+            let len = batch.lens[i];
+            // Logits at positions len-n .. len predict the n continuation tokens.
+            let rows = batch
+                .logits
+                .i(i)?
+                .narrow(0, len - cont.len(), cont.len())?
+                .to_dtype(DType::F32)?;
+            let logp = candle_nn::ops::log_softmax(&rows, D::Minus1)?;
+            let targets = Tensor::new(*cont, logp.device())?.unsqueeze(1)?;
+            let picked = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+            let greedy = rows.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            out.push(LoglikResponse {
+                logprob: picked.iter().map(|x| *x as f64).sum(),
+                is_greedy: greedy.iter().zip(cont.iter()).all(|(a, b)| a == b),
+                n_tokens: cont.len(),
+            });
+        }
+    }
+    Ok(out)
+}
