@@ -29,6 +29,8 @@ pub struct Gpt2ConfigFile {
     pub tie_word_embeddings: bool,
     #[serde(default = "yes")]
     pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
 }
 
 fn default_eps() -> f64 {
@@ -65,6 +67,13 @@ impl Gpt2ConfigFile {
         }
         if !self.scale_attn_weights {
             return Err(ModelError::config(path, "scale_attn_weights", "false is not supported"));
+        }
+        if self.scale_attn_by_inverse_layer_idx {
+            return Err(ModelError::config(
+                path,
+                "scale_attn_by_inverse_layer_idx",
+                "true is not supported",
+            ));
         }
         if self.n_head == 0 || self.n_embd % self.n_head != 0 {
             return Err(ModelError::config(
