@@ -235,7 +235,7 @@ impl Gpt2 {
         if t > 1 {
             scores = scores.broadcast_add(&ops::causal_mask(t, offset, scores.dtype(), &self.device)?)?;
         }
-        let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
+        let pattern = ops::softmax_last_dim(&scores)?;
         let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, t, h, dh]
         let z = hooks.apply(HookPoint::AttnZ(layer), z, offset, cache)?;

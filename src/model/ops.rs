@@ -1,14 +1,19 @@
 //! Numerical building blocks shared by the architectures.
 //!
-//! candle's fused kernels (RMSNorm, LayerNorm, RoPE) are fast but have no backward pass:
+//! candle's fused kernels (RMSNorm, LayerNorm, RoPE, softmax) are fast but have no backward pass:
 //! a gradient would silently stop at them. So each op here checks whether any input is
 //! tracked by autograd (a `Var` upstream) and then uses the composed, differentiable form.
-//! Both forms compute the same function (tested below).
+//! Both forms compute the same function (tested below). The fused kernels also lack f64,
+//! which tests use for tight finite-difference checks, so f64 takes the composed form.
+
+fn composed(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op() || t.dtype() == DType::F64)
+}
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.track_op() || w.track_op() {
+    if composed(&[x, w]) {
         let d = x.dim(D::Minus1)? as f64;
         let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
         x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
@@ -18,7 +23,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.track_op() || w.track_op() || b.track_op() {
+    if composed(&[x, w, b]) {
         let d = x.dim(D::Minus1)? as f64;
         let mean = (x.sum_keepdim(D::Minus1)? / d)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -28,6 +33,15 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
             .broadcast_add(b)
     } else {
         candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)
+    }
+}
+
+/// Softmax over the last dimension (attention patterns).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if composed(&[x]) {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
     }
 }
 
@@ -66,7 +80,7 @@ impl Rope {
         let t = x.dim(2)?;
         let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
-        if x.track_op() {
+        if composed(&[x]) {
             candle_nn::rotary_emb::rope_slow(x, &cos, &sin)
         } else {
             candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
@@ -154,6 +168,10 @@ mod tests {
         let c = rope.apply(qv.as_tensor(), 7).unwrap();
         assert!(c.track_op());
         assert!(max_diff(&a, &c) < 1e-5);
+        let a = softmax_last_dim(&q).unwrap();
+        let c = softmax_last_dim(qv.as_tensor()).unwrap();
+        assert!(c.track_op());
+        assert!(max_diff(&a, &c) < 1e-6);
     }
 
     #[test]

@@ -1,0 +1,10 @@
+//! Benchmarks. Each target (`model`, later others) has an entry module; the rest are
+//! shared pieces with one job each.
+
+pub mod bandwidth;
+pub mod impls;
+pub mod machine;
+pub mod model;
+pub mod report;
+pub mod stats;
+pub mod workloads;
