@@ -11,7 +11,8 @@ use scalpel::model::chat::{self, Message};
 use scalpel::model::generate::{generate, SamplingParams};
 use scalpel::model::loaded::{device, LoadedModel};
 use scalpel::model::source::DEFAULT_MODEL;
-use scalpel::model::Hooks;
+use candle_core::IndexOp;
+use scalpel::model::{HookPoint, Hooks};
 
 #[derive(Parser)]
 #[command(name = "scalpel", version, about = "Test safety interventions on language models the way cargo test tests code")]
@@ -71,6 +72,10 @@ struct LogitsArgs {
     /// Print {"model", "token_ids", "last_logits"} as JSON.
     #[arg(long)]
     json: bool,
+    /// Also read a hook point (TransformerLens name, e.g. blocks.3.hook_resid_post);
+    /// repeatable. JSON gains "activations": {name: {"shape", "last_position"}}.
+    #[arg(long = "hook", value_name = "NAME")]
+    hooks: Vec<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -182,32 +187,71 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn run_logits(a: LogitsArgs) -> Result<()> {
+    // Hook names are checked before the model loads: a typo fails fast.
+    let points = a
+        .hooks
+        .iter()
+        .map(|h| h.parse::<HookPoint>().context("--hook"))
+        .collect::<Result<Vec<_>>>()?;
     let model = load(&a.model)?;
     let text = prompt_text(&model, &a.prompt, a.chat)?;
     let ids = model.encode(&text)?;
-    let logits = model.last_logits(&ids)?;
+    let out = model.forward_ids(&ids, &Hooks::new().read_all(points.iter().copied()))?;
+    let logits = out
+        .logits
+        .i((0, ids.len() - 1))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
     if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
         bail!("logit {i} is not finite ({}): the weights are corrupt", logits[i]);
     }
-    let mut out = std::io::stdout().lock();
+    let mut acts = serde_json::Map::new();
+    for p in &points {
+        let t = out.cache.get(*p).context("hook did not fire")?;
+        let last = last_position(t, *p)?;
+        acts.insert(
+            p.to_string(),
+            serde_json::json!({"shape": t.dims(), "last_position": last}),
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    let out = &mut stdout;
     if a.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "model": model.name,
             "token_ids": ids,
             "last_logits": logits,
         });
-        serde_json::to_writer(&mut out, &v)?;
+        if !acts.is_empty() {
+            v["activations"] = serde_json::Value::Object(acts);
+        }
+        serde_json::to_writer(&mut *out, &v)?;
         writeln!(out)?;
     } else {
         writeln!(out, "model: {}  tokens: {:?}", model.name, ids)?;
+        for (name, v) in &acts {
+            let xs: Vec<f64> = serde_json::from_value(v["last_position"].clone())?;
+            let norm = xs.iter().map(|x| x * x).sum::<f64>().sqrt();
+            writeln!(out, "{name}: shape {}, last position L2 norm {norm:.4}", v["shape"])?;
+        }
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
         for &i in order.iter().take(10) {
-            let tok = model.tokenizer.id_to_token(i as u32).unwrap_or_default();
+            let tok = format!("{:?}", model.tokenizer.decode(&[i as u32])?);
             writeln!(out, "{i:>8} {tok:<20} {:>10.4}", logits[i])?;
         }
     }
     Ok(())
+}
+
+/// The activation at the last position, flattened (heads and pattern rows included).
+fn last_position(t: &candle_core::Tensor, p: HookPoint) -> Result<Vec<f32>> {
+    let pos_axis = if matches!(p, HookPoint::AttnPattern(_)) { 2 } else { 1 };
+    let n = t.dim(pos_axis)?;
+    Ok(t.narrow(pos_axis, n - 1, 1)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?)
 }
 
 fn run_fetch(a: FetchArgs) -> Result<()> {

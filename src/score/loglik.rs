@@ -2,8 +2,11 @@
 //! so that every multiple-choice task scores exactly as the harness does:
 //!
 //! - trailing whitespace of the context moves to the front of the continuation;
-//! - the continuation's tokens are those of `tokenize(context + continuation)` past
-//!   `len(tokenize(context))` (so a merge across the boundary counts as continuation);
+//! - the context's tokens are `tokenize(context)`, the continuation's are those of
+//!   `tokenize(context + continuation)` past `len(tokenize(context))`. When BPE merges
+//!   across the boundary the two do not concatenate to the whole string's tokens (the
+//!   harness then drops part of the continuation); we keep that quirk so that scores
+//!   line up with published harness numbers;
 //! - an empty context is replaced by the prefix token (BOS, else EOS);
 //! - the input is `(context + continuation)[-(max_len + 1):][:-1]`, and the score is the
 //!   summed log-probability of the continuation tokens plus whether each was the argmax.
@@ -74,7 +77,7 @@ pub fn encode_pair(model: &LoadedModel, req: &LoglikRequest) -> Result<EncodedPa
     let ctx = tok.encode(&context)?;
     let split = ctx.len().min(whole.len());
     Ok(EncodedPair {
-        context: whole[..split].to_vec(),
+        context: ctx,
         continuation: whole[split..].to_vec(),
     })
 }

@@ -65,7 +65,7 @@ pub fn run(args: &Args) -> Result<()> {
     let quant = quant_facts(&path)?;
     let candle_f32 = CandleF32::new(weights, &cfg, &dev)?;
     let candle_q = CandleQuant::load(&path, &quant.label, &dev)?;
-    let mut ours = Ours::new(ours);
+    let ours = Ours::new(ours);
 
     let prompt = workloads::prompt_ids(&ours.model, PREFILL_LEN)?;
     let sample_prompt = ours.model.encode(workloads::SAMPLE_PROMPT)?;
