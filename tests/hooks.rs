@@ -17,7 +17,10 @@ use scalpel::model::llama::{Llama, LlamaConfig};
 use scalpel::model::{HookPoint, Hooks, LoadedModel, Positions, Transformer, Units, Writer};
 
 fn ids_tensor(ids: &[u32]) -> Tensor {
-    Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+    Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
 }
 
 fn run(m: &dyn Transformer, ids: &[u32], hooks: &Hooks) -> scalpel::model::ForwardOutput {
@@ -45,8 +48,16 @@ fn last_resid_post_through_unembed_reproduces_the_logits() {
 /// everything upstream untouched.
 fn check_head_ablation(m: &LoadedModel, ids: &[u32], layer: usize, head: usize, w_o: &Tensor) {
     let dh = m.model.info().d_head;
-    let (z_pt, out_pt, pre_pt) = (HookPoint::AttnZ(layer), HookPoint::AttnOut(layer), HookPoint::ResidPre(layer));
-    let clean = run(m.model.as_ref(), ids, &Hooks::new().read(z_pt).read(out_pt).read(pre_pt));
+    let (z_pt, out_pt, pre_pt) = (
+        HookPoint::AttnZ(layer),
+        HookPoint::AttnOut(layer),
+        HookPoint::ResidPre(layer),
+    );
+    let clean = run(
+        m.model.as_ref(),
+        ids,
+        &Hooks::new().read(z_pt).read(out_pt).read(pre_pt),
+    );
     let ablate = Hooks::new()
         .write(Writer::new(z_pt, Scale(0.0)).at_units(Units::only([head])))
         .read(out_pt)
@@ -54,26 +65,58 @@ fn check_head_ablation(m: &LoadedModel, ids: &[u32], layer: usize, head: usize, 
         .read(z_pt);
     let abl = run(m.model.as_ref(), ids, &ablate);
     assert_eq!(
-        common::max_abs_diff(clean.cache.get(pre_pt).unwrap(), abl.cache.get(pre_pt).unwrap()),
+        common::max_abs_diff(
+            clean.cache.get(pre_pt).unwrap(),
+            abl.cache.get(pre_pt).unwrap()
+        ),
         0.0,
         "upstream of the ablation must not move"
     );
     // Only head `head` of hook_z was zeroed.
     let z_abl = abl.cache.get(z_pt).unwrap();
-    assert_eq!(z_abl.i((.., .., head, ..)).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        z_abl
+            .i((.., .., head, ..))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
     let z_clean = clean.cache.get(z_pt).unwrap();
     for other in (0..m.model.info().n_heads).filter(|h| *h != head) {
-        let d = common::max_abs_diff(&z_clean.i((.., .., other, ..)).unwrap(), &z_abl.i((.., .., other, ..)).unwrap());
+        let d = common::max_abs_diff(
+            &z_clean.i((.., .., other, ..)).unwrap(),
+            &z_abl.i((.., .., other, ..)).unwrap(),
+        );
         assert_eq!(d, 0.0, "head {other} must be untouched");
     }
     let z_h = z_clean.i((0, .., head, ..)).unwrap(); // [t, dh]
     let w_h = w_o.narrow(1, head * dh, dh).unwrap(); // [d, dh]
     let contribution = z_h.matmul(&w_h.t().unwrap()).unwrap(); // [t, d]
-    let delta = (clean.cache.get(out_pt).unwrap() - abl.cache.get(out_pt).unwrap()).unwrap().squeeze(0).unwrap();
+    let delta = (clean.cache.get(out_pt).unwrap() - abl.cache.get(out_pt).unwrap())
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     let d = common::max_abs_diff(&delta, &contribution);
-    let scale = contribution.abs().unwrap().max_keepdim(1).unwrap().max(0).unwrap().to_vec1::<f32>().unwrap()[0];
+    let scale = contribution
+        .abs()
+        .unwrap()
+        .max_keepdim(1)
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
     assert!(scale > 1e-3, "the head contributes something");
-    assert!(d < 1e-5 * scale.max(1.0), "{}: |Δattn_out − z_h W_O,hᵀ| = {d}", m.name);
+    assert!(
+        d < 1e-5 * scale.max(1.0),
+        "{}: |Δattn_out − z_h W_O,hᵀ| = {d}",
+        m.name
+    );
     // And the logits moved: the head mattered downstream.
     assert!(common::max_abs_diff(&clean.logits, &abl.logits) > 1e-4);
 }
@@ -82,16 +125,26 @@ fn check_head_ablation(m: &LoadedModel, ids: &[u32], layer: usize, head: usize, 
 fn zero_ablating_a_head_removes_exactly_its_contribution() {
     // GPT-2: c_proj is a Conv1D [in, out]; W_O as [out, in] is its transpose.
     let g = common::tiny_gpt2();
-    let st = candle_core::safetensors::load(common::tiny_gpt2_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let st = candle_core::safetensors::load(
+        common::tiny_gpt2_dir().join("model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let w_o = st["transformer.h.1.attn.c_proj.weight"].t().unwrap();
-    let ids = g.encode("The mill was built in 1887 and has 42 windows.").unwrap();
+    let ids = g
+        .encode("The mill was built in 1887 and has 42 windows.")
+        .unwrap();
     check_head_ablation(&g, &ids, 1, 2, &w_o);
 
     // SmolLM2 (grouped-query attention): attn_output is stored [out, in] in the GGUF.
     let m = common::smollm2();
     let mut file = GgufFile::open(&m.path).unwrap();
-    let w_o = file.tensor_f32("blk.7.attn_output.weight", &Device::Cpu).unwrap();
-    let ids = m.encode("The Eiffel Tower is located in the city of").unwrap();
+    let w_o = file
+        .tensor_f32("blk.7.attn_output.weight", &Device::Cpu)
+        .unwrap();
+    let ids = m
+        .encode("The Eiffel Tower is located in the city of")
+        .unwrap();
     check_head_ablation(m, &ids, 7, 4, &w_o);
 }
 
@@ -105,36 +158,60 @@ fn check_patching_reproduces_clean(m: &LoadedModel, clean_text: &str, corrupt_at
     let n = m.model.info().n_layers;
     let mut points = vec![HookPoint::Embed];
     for l in 0..n {
-        points.extend([HookPoint::ResidPost(l), HookPoint::AttnOut(l), HookPoint::MlpOut(l)]);
+        points.extend([
+            HookPoint::ResidPost(l),
+            HookPoint::AttnOut(l),
+            HookPoint::MlpOut(l),
+        ]);
     }
-    let clean = run(m.model.as_ref(), &clean_ids, &Hooks::new().read_all(points.clone()));
+    let clean = run(
+        m.model.as_ref(),
+        &clean_ids,
+        &Hooks::new().read_all(points.clone()),
+    );
     let corrupt = run(m.model.as_ref(), &corrupt_ids, &Hooks::new());
-    assert!(common::max_abs_diff(&clean.logits, &corrupt.logits) > 1e-2, "prompts must differ");
+    assert!(
+        common::max_abs_diff(&clean.logits, &corrupt.logits) > 1e-2,
+        "prompts must differ"
+    );
     let patch = |p: HookPoint| Writer::new(p, PatchFrom(clean.cache.get(p).unwrap().clone()));
     // The whole residual stream at any one layer carries everything downstream.
     for l in [0, n / 2, n - 1] {
-        let out = run(m.model.as_ref(), &corrupt_ids, &Hooks::new().write(patch(HookPoint::ResidPost(l))));
+        let out = run(
+            m.model.as_ref(),
+            &corrupt_ids,
+            &Hooks::new().write(patch(HookPoint::ResidPost(l))),
+        );
         let d = common::max_abs_diff(&out.logits, &clean.logits);
         assert!(d < 1e-4, "{}: patching resid_post {l}: {d}", m.name);
     }
     // Every site that writes into the residual stream: embedding, each attention and MLP.
     let mut hooks = Hooks::new().write(patch(HookPoint::Embed));
     for l in 0..n {
-        hooks = hooks.write(patch(HookPoint::AttnOut(l))).write(patch(HookPoint::MlpOut(l)));
+        hooks = hooks
+            .write(patch(HookPoint::AttnOut(l)))
+            .write(patch(HookPoint::MlpOut(l)));
     }
     let out = run(m.model.as_ref(), &corrupt_ids, &hooks);
     let d = common::max_abs_diff(&out.logits, &clean.logits);
     assert!(d < 1e-4, "{}: patching every site: {d}", m.name);
     // Patching one position only is not enough (the test can fail).
-    let partial = Writer::new(HookPoint::ResidPost(0), PatchFrom(clean.cache.get(HookPoint::ResidPost(0)).unwrap().clone()))
-        .at_positions(Positions::only([0]));
+    let partial = Writer::new(
+        HookPoint::ResidPost(0),
+        PatchFrom(clean.cache.get(HookPoint::ResidPost(0)).unwrap().clone()),
+    )
+    .at_positions(Positions::only([0]));
     let out = run(m.model.as_ref(), &corrupt_ids, &Hooks::new().write(partial));
     assert!(common::max_abs_diff(&out.logits, &clean.logits) > 1e-3);
 }
 
 #[test]
 fn patching_every_site_from_a_clean_run_reproduces_its_logits() {
-    check_patching_reproduces_clean(common::smollm2(), "The Eiffel Tower is in the city of", &[1, 2]);
+    check_patching_reproduces_clean(
+        common::smollm2(),
+        "The Eiffel Tower is in the city of",
+        &[1, 2],
+    );
     check_patching_reproduces_clean(&common::tiny_gpt2(), "The mill was built in 1887", &[1]);
 }
 
@@ -177,14 +254,26 @@ fn tiny_llama_weights() -> (LlamaConfig, HashMap<String, Tensor>) {
 }
 
 fn tiny_llama(cfg: &LlamaConfig, w: &HashMap<String, Tensor>, dtype: DType) -> Llama {
-    Llama::load(VarBuilder::from_tensors(w.clone(), dtype, &Device::Cpu), cfg.clone()).unwrap()
+    Llama::load(
+        VarBuilder::from_tensors(w.clone(), dtype, &Device::Cpu),
+        cfg.clone(),
+    )
+    .unwrap()
 }
 
 fn tiny_gpt2_f64() -> Gpt2 {
     let dir = common::tiny_gpt2_dir();
-    let cfg: Gpt2ConfigFile = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg: Gpt2ConfigFile =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = cfg.into_config(&dir.join("config.json")).unwrap();
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F64, &Device::Cpu) }.unwrap();
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F64,
+            &Device::Cpu,
+        )
+    }
+    .unwrap();
     Gpt2::load(vb, cfg).unwrap()
 }
 
@@ -199,16 +288,25 @@ fn check_writer_gradient(m: &dyn Transformer, ids: &[u32], point: HookPoint, uni
     let target = 3usize;
     let loss_of = |v: &Tensor| -> Tensor {
         let hooks = Hooks::new().write(
-            Writer::new(point, AddTensor(v.clone())).at_positions(Positions::only([1, ids.len() - 1])).at_units(units.clone()),
+            Writer::new(point, AddTensor(v.clone()))
+                .at_positions(Positions::only([1, ids.len() - 1]))
+                .at_units(units.clone()),
         );
         let out = run(m, ids, &hooks);
         let last = out.logits.i((0, ids.len() - 1)).unwrap();
-        candle_nn::ops::log_softmax(&last, D::Minus1).unwrap().i(target).unwrap()
+        candle_nn::ops::log_softmax(&last, D::Minus1)
+            .unwrap()
+            .i(target)
+            .unwrap()
     };
     let var = Var::from_tensor(&v0).unwrap();
     let loss = loss_of(var.as_tensor());
     let grads = loss.backward().unwrap();
-    let g = grads.get(var.as_tensor()).expect("the writer's Var received a gradient").to_vec1::<f64>().unwrap();
+    let g = grads
+        .get(var.as_tensor())
+        .expect("the writer's Var received a gradient")
+        .to_vec1::<f64>()
+        .unwrap();
     let eps = 1e-5;
     let base = v0.to_vec1::<f64>().unwrap();
     let mut checked = 0;
@@ -217,8 +315,12 @@ fn check_writer_gradient(m: &dyn Transformer, ids: &[u32], point: HookPoint, uni
         plus[k] += eps;
         let mut minus = base.clone();
         minus[k] -= eps;
-        let lp = loss_of(&Tensor::new(plus, &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap();
-        let lm = loss_of(&Tensor::new(minus, &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap();
+        let lp = loss_of(&Tensor::new(plus, &Device::Cpu).unwrap())
+            .to_scalar::<f64>()
+            .unwrap();
+        let lm = loss_of(&Tensor::new(minus, &Device::Cpu).unwrap())
+            .to_scalar::<f64>()
+            .unwrap();
         let fd = (lp - lm) / (2.0 * eps);
         let selected = match &units {
             Units::All => true,
@@ -228,9 +330,17 @@ fn check_writer_gradient(m: &dyn Transformer, ids: &[u32], point: HookPoint, uni
             assert_eq!(g[k], 0.0, "unit {k} is outside the writer");
             continue;
         }
-        assert!(fd.abs() > 1e-6, "{point}: finite difference too small to test at unit {k}: {fd} vs {}", g[k]);
+        assert!(
+            fd.abs() > 1e-6,
+            "{point}: finite difference too small to test at unit {k}: {fd} vs {}",
+            g[k]
+        );
         let rel = (g[k] - fd).abs() / fd.abs().max(1e-8);
-        assert!(rel < 1e-5, "{point} unit {k}: autograd {} vs finite difference {fd}", g[k]);
+        assert!(
+            rel < 1e-5,
+            "{point} unit {k}: autograd {} vs finite difference {fd}",
+            g[k]
+        );
         checked += 1;
     }
     assert!(checked >= 2);
@@ -242,7 +352,12 @@ fn gradient_through_a_writer_var_matches_finite_differences() {
     let llama = tiny_llama(&cfg, &w, DType::F64);
     let ids = [5u32, 17, 2, 33, 8, 21];
     check_writer_gradient(&llama, &ids, HookPoint::ResidPre(0), Units::All);
-    check_writer_gradient(&llama, &ids, HookPoint::ResidMid(1), Units::only([0, 1, 16, 31]));
+    check_writer_gradient(
+        &llama,
+        &ids,
+        HookPoint::ResidMid(1),
+        Units::only([0, 1, 16, 31]),
+    );
     check_writer_gradient(&llama, &ids, HookPoint::MlpPost(0), Units::All);
     let gpt2 = tiny_gpt2_f64();
     check_writer_gradient(&gpt2, &ids, HookPoint::ResidMid(0), Units::All);
@@ -259,29 +374,61 @@ fn f32_forward_passes_gradients_through_every_kernel() {
     let grad = |dtype: DType| -> Vec<f64> {
         let m = tiny_llama(&cfg, &w, dtype);
         let v = Var::from_tensor(&Tensor::ones(32, dtype, &Device::Cpu).unwrap()).unwrap();
-        let hooks = Hooks::new().write(Writer::new(HookPoint::ResidPre(0), AddTensor(v.as_tensor().clone())));
+        let hooks = Hooks::new().write(Writer::new(
+            HookPoint::ResidPre(0),
+            AddTensor(v.as_tensor().clone()),
+        ));
         let out = run(&m, &ids, &hooks);
         let last = out.logits.i((0, ids.len() - 1)).unwrap();
-        let loss = candle_nn::ops::log_softmax(&last, D::Minus1).unwrap().i(3).unwrap();
+        let loss = candle_nn::ops::log_softmax(&last, D::Minus1)
+            .unwrap()
+            .i(3)
+            .unwrap();
         let g = loss.backward().unwrap();
-        g.get(v.as_tensor()).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()
+        g.get(v.as_tensor())
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
     };
     let (g32, g64) = (grad(DType::F32), grad(DType::F64));
     let norm = g64.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let err = g32.iter().zip(&g64).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
-    assert!(norm > 1e-3 && err / norm < 1e-4, "f32 vs f64 gradient: relative error {}", err / norm);
+    let err = g32
+        .iter()
+        .zip(&g64)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        norm > 1e-3 && err / norm < 1e-4,
+        "f32 vs f64 gradient: relative error {}",
+        err / norm
+    );
 }
 
 #[test]
 fn kv_cache_decoding_matches_full_forward() {
     let m = common::smollm2();
-    let ids = m.encode("Water boils at one hundred degrees Celsius at sea level, and").unwrap();
+    let ids = m
+        .encode("Water boils at one hundred degrees Celsius at sea level, and")
+        .unwrap();
     let full = run(m.model.as_ref(), &ids, &Hooks::new()).logits;
     let mut kv = m.model.new_kv_cache();
     let k = 5;
-    let mut chunks = vec![m.model.forward(&ids_tensor(&ids[..k]), Some(&mut kv), &Hooks::new()).unwrap().logits];
+    let mut chunks = vec![
+        m.model
+            .forward(&ids_tensor(&ids[..k]), Some(&mut kv), &Hooks::new())
+            .unwrap()
+            .logits,
+    ];
     for t in k..ids.len() {
-        chunks.push(m.model.forward(&ids_tensor(&ids[t..t + 1]), Some(&mut kv), &Hooks::new()).unwrap().logits);
+        chunks.push(
+            m.model
+                .forward(&ids_tensor(&ids[t..t + 1]), Some(&mut kv), &Hooks::new())
+                .unwrap()
+                .logits,
+        );
     }
     let inc = Tensor::cat(&chunks, 1).unwrap();
     let d = common::max_abs_diff(&inc, &full);
@@ -291,11 +438,19 @@ fn kv_cache_decoding_matches_full_forward() {
 #[test]
 fn a_sequence_has_the_same_logits_alone_or_in_a_mixed_batch() {
     let m = common::smollm2();
-    let texts = ["Hi", "The committee met on Tuesday to discuss the budget for next year", "Paris is the capital of"];
+    let texts = [
+        "Hi",
+        "The committee met on Tuesday to discuss the budget for next year",
+        "Paris is the capital of",
+    ];
     let seqs: Vec<Vec<u32>> = texts.iter().map(|t| m.encode(t).unwrap()).collect();
-    let batch = scalpel::model::generate::forward_batch(m.model.as_ref(), &seqs, 2, &Hooks::new()).unwrap();
+    let batch =
+        scalpel::model::generate::forward_batch(m.model.as_ref(), &seqs, 2, &Hooks::new()).unwrap();
     for (i, s) in seqs.iter().enumerate() {
-        let alone = run(m.model.as_ref(), s, &Hooks::new()).logits.squeeze(0).unwrap();
+        let alone = run(m.model.as_ref(), s, &Hooks::new())
+            .logits
+            .squeeze(0)
+            .unwrap();
         let in_batch = batch.logits.i(i).unwrap().narrow(0, 0, s.len()).unwrap();
         let d = common::max_abs_diff(&alone, &in_batch);
         assert!(d < 1e-4, "sequence {i}: {d}");
@@ -307,7 +462,12 @@ fn greedy_by_recompute(m: &dyn Transformer, prompt: &[u32], n: usize, hooks: &Ho
     let mut ids = prompt.to_vec();
     for _ in 0..n {
         let out = run(m, &ids, hooks);
-        let last = out.logits.i((0, ids.len() - 1)).unwrap().to_vec1::<f32>().unwrap();
+        let last = out
+            .logits
+            .i((0, ids.len() - 1))
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         ids.push(argmax(&last));
     }
     ids[prompt.len()..].to_vec()
@@ -322,11 +482,33 @@ fn writers_apply_at_every_new_position_during_kv_generation() {
     let v = (m.model.token_embeddings().i(paris as usize).unwrap() * 8.0).unwrap();
     let hooks = Hooks::new().write(Writer::new(HookPoint::ResidPost(12), AddTensor(v)));
     let n = 8;
-    let kv = generate(m.model.as_ref(), &prompt, &SamplingParams::greedy(n), 1, &hooks, |_, _| {}).unwrap();
+    let kv = generate(
+        m.model.as_ref(),
+        &prompt,
+        &SamplingParams::greedy(n),
+        1,
+        &hooks,
+        |_, _| {},
+    )
+    .unwrap();
     let slow = greedy_by_recompute(m.model.as_ref(), &prompt, n, &hooks);
-    assert_eq!(kv[0].tokens, slow, "KV-cache generation must apply the writer like a full forward");
-    let plain = generate(m.model.as_ref(), &prompt, &SamplingParams::greedy(n), 1, &Hooks::new(), |_, _| {}).unwrap();
-    assert_ne!(plain[0].tokens, kv[0].tokens, "the steering vector must change the text");
+    assert_eq!(
+        kv[0].tokens, slow,
+        "KV-cache generation must apply the writer like a full forward"
+    );
+    let plain = generate(
+        m.model.as_ref(),
+        &prompt,
+        &SamplingParams::greedy(n),
+        1,
+        &Hooks::new(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_ne!(
+        plain[0].tokens, kv[0].tokens,
+        "the steering vector must change the text"
+    );
     eprintln!(
         "plain: {:?}\nsteered: {:?}",
         m.tokenizer.decode(&plain[0].tokens).unwrap(),
@@ -338,13 +520,34 @@ fn writers_apply_at_every_new_position_during_kv_generation() {
 fn sampling_is_seeded_and_independent_of_the_number_of_samples() {
     let m = common::tiny_gpt2();
     let prompt = m.encode("Hello world").unwrap();
-    let p = SamplingParams { temperature: 1.0, top_k: None, top_p: Some(0.9), max_new_tokens: 12, seed: 42, stop_ids: vec![] };
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_k: None,
+        top_p: Some(0.9),
+        max_new_tokens: 12,
+        seed: 42,
+        stop_ids: vec![],
+    };
     let a = generate(m.model.as_ref(), &prompt, &p, 4, &Hooks::new(), |_, _| {}).unwrap();
     let b = generate(m.model.as_ref(), &prompt, &p, 4, &Hooks::new(), |_, _| {}).unwrap();
     assert_eq!(a, b, "same seed, same samples");
     let one = generate(m.model.as_ref(), &prompt, &p, 1, &Hooks::new(), |_, _| {}).unwrap();
-    assert_eq!(one[0], a[0], "sample 0 does not depend on how many samples run beside it");
-    assert!(a.iter().any(|g| g.tokens != a[0].tokens), "samples differ from each other");
-    let other = generate(m.model.as_ref(), &prompt, &SamplingParams { seed: 43, ..p }, 4, &Hooks::new(), |_, _| {}).unwrap();
+    assert_eq!(
+        one[0], a[0],
+        "sample 0 does not depend on how many samples run beside it"
+    );
+    assert!(
+        a.iter().any(|g| g.tokens != a[0].tokens),
+        "samples differ from each other"
+    );
+    let other = generate(
+        m.model.as_ref(),
+        &prompt,
+        &SamplingParams { seed: 43, ..p },
+        4,
+        &Hooks::new(),
+        |_, _| {},
+    )
+    .unwrap();
     assert_ne!(other, a, "another seed, other samples");
 }

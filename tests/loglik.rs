@@ -35,7 +35,11 @@ fn token_split_matches_the_harness() {
     for r in fixture().requests {
         let pair = encode_pair(m, &LoglikRequest::new(&r.context, &r.continuation)).unwrap();
         assert_eq!(pair.context, r.context_ids, "{}: context ids", r.name);
-        assert_eq!(pair.continuation, r.continuation_ids, "{}: continuation ids", r.name);
+        assert_eq!(
+            pair.continuation, r.continuation_ids,
+            "{}: continuation ids",
+            r.name
+        );
     }
 }
 
@@ -53,7 +57,10 @@ fn logprobs_and_greedy_flags_match_the_harness() {
     let mut worst = 0f64;
     for (r, g) in fx.requests.iter().zip(&got) {
         let d = (g.logprob - r.logprob).abs();
-        eprintln!("{:<18} harness {:>11.6}  ours {:>11.6}  |Δ| {d:.2e}  greedy {}", r.name, r.logprob, g.logprob, g.is_greedy);
+        eprintln!(
+            "{:<18} harness {:>11.6}  ours {:>11.6}  |Δ| {d:.2e}  greedy {}",
+            r.name, r.logprob, g.logprob, g.is_greedy
+        );
         assert!(d < 1e-3, "{}: {} vs {}", r.name, g.logprob, r.logprob);
         assert_eq!(g.is_greedy, r.is_greedy, "{}: is_greedy", r.name);
         worst = worst.max(d);

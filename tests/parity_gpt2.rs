@@ -34,11 +34,19 @@ fn reference() -> Reference {
 
 fn check_against_reference(m: &LoadedModel) {
     for c in reference().cases {
-        assert_eq!(m.tokenizer.encode(&c.text).unwrap(), c.token_ids, "{:?}", c.text);
+        assert_eq!(
+            m.tokenizer.encode(&c.text).unwrap(),
+            c.token_ids,
+            "{:?}",
+            c.text
+        );
         let out = m.forward_ids(&c.token_ids, &Hooks::new()).unwrap();
         let want = Tensor::new(c.logits.clone(), &Device::Cpu).unwrap();
         let diff = common::max_abs_diff(&out.logits.squeeze(0).unwrap(), &want);
-        eprintln!("{:<50} max |Δlogit| over all positions = {diff:.2e}", format!("{:?}", c.text));
+        eprintln!(
+            "{:<50} max |Δlogit| over all positions = {diff:.2e}",
+            format!("{:?}", c.text)
+        );
         assert!(diff < 1e-4, "{:?}: {diff}", c.text);
         let g = generate(
             m.model.as_ref(),
@@ -75,20 +83,32 @@ fn hub_cache_resolves_offline_by_branch_and_by_commit() {
     let repo_dir = hub.join("models--scalpel-test--tiny-gpt2");
     fs::create_dir_all(repo_dir.join("refs")).unwrap();
     fs::write(repo_dir.join("refs/main"), commit).unwrap();
-    copy_dir(&common::tiny_gpt2_dir(), &repo_dir.join("snapshots").join(commit));
+    copy_dir(
+        &common::tiny_gpt2_dir(),
+        &repo_dir.join("snapshots").join(commit),
+    );
     let cache = hf_hub::Cache::new(hub.clone());
 
     let by_branch = resolve_hub("scalpel-test/tiny-gpt2", "main", &cache, true).unwrap();
     assert_eq!(by_branch, repo_dir.join("snapshots").join(commit));
     let by_commit = resolve_hub("scalpel-test/tiny-gpt2", commit, &cache, true).unwrap();
     assert_eq!(by_commit, by_branch);
-    let m = LoadedModel::load_local("hf:scalpel-test/tiny-gpt2", &LocalModel::HfDir(by_branch), &Device::Cpu)
-        .unwrap();
+    let m = LoadedModel::load_local(
+        "hf:scalpel-test/tiny-gpt2",
+        &LocalModel::HfDir(by_branch),
+        &Device::Cpu,
+    )
+    .unwrap();
     check_against_reference(&m);
 
     // A repository that is not cached, offline: the error names the repo and the cache.
-    let e = resolve_hub("scalpel-test/absent", "main", &cache, true).unwrap_err().to_string();
-    assert!(e.contains("hf:scalpel-test/absent@main") && e.contains("HF_HUB_OFFLINE"), "{e}");
+    let e = resolve_hub("scalpel-test/absent", "main", &cache, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hf:scalpel-test/absent@main") && e.contains("HF_HUB_OFFLINE"),
+        "{e}"
+    );
 }
 
 /// The same through the CLI-facing path: `hf:owner/name` with HF_HOME and HF_HUB_OFFLINE.
@@ -99,14 +119,30 @@ fn hf_spec_honours_hf_home_and_offline_mode() {
     let repo_dir = tmp.path().join("hub/models--scalpel-test--tiny-gpt2");
     fs::create_dir_all(repo_dir.join("refs")).unwrap();
     fs::write(repo_dir.join("refs/main"), commit).unwrap();
-    copy_dir(&common::tiny_gpt2_dir(), &repo_dir.join("snapshots").join(commit));
+    copy_dir(
+        &common::tiny_gpt2_dir(),
+        &repo_dir.join("snapshots").join(commit),
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_scalpel"))
-        .args(["logits", "--json", "--device", "cpu", "--prompt", "Hello world", "--model", "hf:scalpel-test/tiny-gpt2"])
+        .args([
+            "logits",
+            "--json",
+            "--device",
+            "cpu",
+            "--prompt",
+            "Hello world",
+            "--model",
+            "hf:scalpel-test/tiny-gpt2",
+        ])
         .env("HF_HOME", tmp.path())
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["model"], "hf:scalpel-test/tiny-gpt2");
     assert_eq!(v["last_logits"].as_array().unwrap().len(), 512);

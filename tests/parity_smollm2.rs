@@ -44,14 +44,27 @@ fn fixture_was_made_from_the_shipped_weights() {
 #[test]
 fn token_ids_and_chat_text_match_transformers() {
     let m = common::smollm2();
-    assert_eq!(m.tokenizer.encode("<|im_start|>user\n").unwrap(), vec![1, 4093, 198]);
+    assert_eq!(
+        m.tokenizer.encode("<|im_start|>user\n").unwrap(),
+        vec![1, 4093, 198]
+    );
     for c in fixture().cases {
         if c.chat {
             let text = chat::render(&m.tokenizer, &[Message::user(&c.prompt)], true).unwrap();
             assert_eq!(text, c.text, "{}: chat template rendering", c.name);
         }
-        assert_eq!(m.tokenizer.encode(&c.text).unwrap(), c.token_ids, "{}: token ids", c.name);
-        assert_eq!(m.tokenizer.decode(&c.token_ids).unwrap(), c.text, "{}: decode", c.name);
+        assert_eq!(
+            m.tokenizer.encode(&c.text).unwrap(),
+            c.token_ids,
+            "{}: token ids",
+            c.name
+        );
+        assert_eq!(
+            m.tokenizer.decode(&c.token_ids).unwrap(),
+            c.text,
+            "{}: decode",
+            c.name
+        );
     }
 }
 
@@ -60,7 +73,11 @@ fn last_position_logits_match_the_reference_within_1e_3() {
     let m = common::smollm2();
     let mut worst = 0f32;
     for c in fixture().cases {
-        let want = common::read_f32_le(&common::repo_root().join("fixtures/reference/smollm2").join(&c.logits_file));
+        let want = common::read_f32_le(
+            &common::repo_root()
+                .join("fixtures/reference/smollm2")
+                .join(&c.logits_file),
+        );
         let got = m.last_logits(&c.token_ids).unwrap();
         assert_eq!(got.len(), want.len(), "{}: vocabulary size", c.name);
         let diff = got
@@ -68,7 +85,11 @@ fn last_position_logits_match_the_reference_within_1e_3() {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        eprintln!("{:<16} {:>4} tokens  max |Δlogit| = {diff:.3e}", c.name, c.token_ids.len());
+        eprintln!(
+            "{:<16} {:>4} tokens  max |Δlogit| = {diff:.3e}",
+            c.name,
+            c.token_ids.len()
+        );
         assert!(diff < 1e-3, "{}: max abs logit difference {diff}", c.name);
         worst = worst.max(diff);
     }
@@ -81,7 +102,15 @@ fn greedy_continuations_match_the_reference() {
     for c in fixture().cases {
         let mut p = SamplingParams::greedy(16);
         p.stop_ids = vec![2];
-        let g = generate(m.model.as_ref(), &c.token_ids, &p, 1, &Hooks::new(), |_, _| {}).unwrap();
+        let g = generate(
+            m.model.as_ref(),
+            &c.token_ids,
+            &p,
+            1,
+            &Hooks::new(),
+            |_, _| {},
+        )
+        .unwrap();
         let mut got = g[0].tokens.clone();
         if g[0].finish == Finish::Stop {
             got.push(2);

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::hooks::Hooks;
-use super::{ModelError, Transformer};
+use super::{LogitsAt, ModelError, Transformer};
 
 /// Logits of several sequences run as one right-padded batch.
 ///
@@ -182,11 +182,11 @@ pub fn generate(
     let dev = model.device();
     let mut kv = model.new_kv_cache();
     let ids = Tensor::new(prompt, dev)?.unsqueeze(0)?;
-    let out = model.forward(&ids, Some(&mut kv), hooks)?;
+    let out = model.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Last)?;
     let last = out
         .logits
         .get(0)?
-        .get(prompt.len() - 1)?
+        .get(0)?
         .to_dtype(DType::F32)?
         .to_vec1::<f32>()?;
     let mut kv = kv.repeat_batch(n_samples)?;
@@ -228,7 +228,7 @@ pub fn generate(
             break;
         }
         let ids = Tensor::from_vec(next, (n_samples, 1), dev)?;
-        let out = model.forward(&ids, Some(&mut kv), hooks)?;
+        let out = model.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Last)?;
         let logits = out.logits.squeeze(1)?.to_dtype(DType::F32)?; // [n, vocab]
         rows = logits.to_vec2::<f32>()?;
     }

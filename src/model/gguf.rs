@@ -218,7 +218,10 @@ pub fn llama_weights(
         "model.embed_tokens.weight".into(),
         g.tensor_f32("token_embd.weight", dev)?,
     );
-    w.insert("model.norm.weight".into(), g.tensor_f32("output_norm.weight", dev)?);
+    w.insert(
+        "model.norm.weight".into(),
+        g.tensor_f32("output_norm.weight", dev)?,
+    );
     if !cfg.tie_embeddings {
         w.insert("lm_head.weight".into(), g.tensor_f32("output.weight", dev)?);
     }
@@ -231,8 +234,14 @@ pub fn llama_weights(
         let perm = |t: Tensor, n: usize, name: &str| {
             unpermute_rows(&t, n).map_err(|e| ModelError::weights(&path, format!("{name}: {e}")))
         };
-        w.insert(hf("self_attn.q_proj.weight"), perm(q, cfg.n_heads, "attn_q")?);
-        w.insert(hf("self_attn.k_proj.weight"), perm(k, cfg.n_kv_heads, "attn_k")?);
+        w.insert(
+            hf("self_attn.q_proj.weight"),
+            perm(q, cfg.n_heads, "attn_q")?,
+        );
+        w.insert(
+            hf("self_attn.k_proj.weight"),
+            perm(k, cfg.n_kv_heads, "attn_k")?,
+        );
         for (h, gname) in [
             ("self_attn.v_proj.weight", "attn_v.weight"),
             ("self_attn.o_proj.weight", "attn_output.weight"),
@@ -269,9 +278,6 @@ mod tests {
             .reshape((n_heads * dh, inp))
             .unwrap();
         let back = unpermute_rows(&gguf, n_heads).unwrap();
-        assert_eq!(
-            back.to_vec2::<f32>().unwrap(),
-            hf.to_vec2::<f32>().unwrap()
-        );
+        assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
     }
 }

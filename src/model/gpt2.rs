@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::hooks::{ActivationCache, HookPoint, Hooks};
 use super::ops;
-use super::{Arch, ForwardOutput, KvCache, ModelError, ModelInfo, Transformer};
+use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
 /// `config.json` as Hugging Face writes it for `GPT2LMHeadModel`.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,15 +58,25 @@ pub struct Gpt2Config {
 impl Gpt2ConfigFile {
     pub fn into_config(self, path: &Path) -> Result<Gpt2Config, ModelError> {
         // Only the tanh-approximated GELU is implemented; "gelu" proper differs by ~1e-3.
-        if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
+        if !matches!(
+            self.activation_function.as_str(),
+            "gelu_new" | "gelu_pytorch_tanh"
+        ) {
             return Err(ModelError::config(
                 path,
                 "activation_function",
-                format!("'{}' is not supported (supported: gelu_new)", self.activation_function),
+                format!(
+                    "'{}' is not supported (supported: gelu_new)",
+                    self.activation_function
+                ),
             ));
         }
         if !self.scale_attn_weights {
-            return Err(ModelError::config(path, "scale_attn_weights", "false is not supported"));
+            return Err(ModelError::config(
+                path,
+                "scale_attn_weights",
+                "false is not supported",
+            ));
         }
         if self.scale_attn_by_inverse_layer_idx {
             return Err(ModelError::config(
@@ -170,8 +180,12 @@ impl Gpt2 {
         } else {
             vb.clone()
         };
-        let wte = root.pp("wte").get((cfg.vocab_size, cfg.d_model), "weight")?;
-        let wpe = root.pp("wpe").get((cfg.max_positions, cfg.d_model), "weight")?;
+        let wte = root
+            .pp("wte")
+            .get((cfg.vocab_size, cfg.d_model), "weight")?;
+        let wpe = root
+            .pp("wpe")
+            .get((cfg.max_positions, cfg.d_model), "weight")?;
         let blocks = (0..cfg.n_layers)
             .map(|i| Block::load(root.pp(format!("h.{i}")), &cfg))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -179,7 +193,8 @@ impl Gpt2 {
         let lm_head = if cfg.tie_embeddings {
             wte.clone()
         } else {
-            vb.pp("lm_head").get((cfg.vocab_size, cfg.d_model), "weight")?
+            vb.pp("lm_head")
+                .get((cfg.vocab_size, cfg.d_model), "weight")?
         };
         let d_head = cfg.d_model / cfg.n_heads;
         let info = ModelInfo {
@@ -233,7 +248,12 @@ impl Gpt2 {
         };
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
         if t > 1 {
-            scores = scores.broadcast_add(&ops::causal_mask(t, offset, scores.dtype(), &self.device)?)?;
+            scores = scores.broadcast_add(&ops::causal_mask(
+                t,
+                offset,
+                scores.dtype(),
+                &self.device,
+            )?)?;
         }
         let pattern = ops::softmax_last_dim(&scores)?;
         let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
@@ -247,14 +267,15 @@ impl Gpt2 {
         ids: &Tensor,
         mut kv: Option<&mut KvCache>,
         hooks: &Hooks,
+        at: LogitsAt,
     ) -> candle_core::Result<ForwardOutput> {
         let (b, t) = ids.dims2()?;
         let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
         let mut cache = ActivationCache::default();
-        let tok = self
-            .wte
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.d_model))?;
+        let tok =
+            self.wte
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, self.cfg.d_model))?;
         let pos = self.wpe.narrow(0, offset, t)?;
         // hook_embed holds token + position embeddings, as in TransformerLens' hook_embed +
         // hook_pos_embed summed into resid_pre of block 0.
@@ -266,14 +287,27 @@ impl Gpt2 {
             let h = ops::layer_norm(&resid_pre, &blk.ln1.w, &blk.ln1.b, self.cfg.eps)?;
             let attn = self.attention(l, &h, offset, kv.as_deref_mut(), hooks, &mut cache)?;
             let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, &mut cache)?;
-            let resid_mid = hooks.apply(HookPoint::ResidMid(l), (resid_pre + attn)?, offset, &mut cache)?;
+            let resid_mid = hooks.apply(
+                HookPoint::ResidMid(l),
+                (resid_pre + attn)?,
+                offset,
+                &mut cache,
+            )?;
             let h = ops::layer_norm(&resid_mid, &blk.ln2.w, &blk.ln2.b, self.cfg.eps)?;
             let pre = ops::linear(&h, &blk.fc_w, Some(&blk.fc_b))?;
             let pre = hooks.apply(HookPoint::MlpPre(l), pre, offset, &mut cache)?;
             let post = hooks.apply(HookPoint::MlpPost(l), pre.gelu()?, offset, &mut cache)?;
             let mlp = ops::linear(&post, &blk.proj_w, Some(&blk.proj_b))?;
             let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, offset, &mut cache)?;
-            resid = hooks.apply(HookPoint::ResidPost(l), (resid_mid + mlp)?, offset, &mut cache)?;
+            resid = hooks.apply(
+                HookPoint::ResidPost(l),
+                (resid_mid + mlp)?,
+                offset,
+                &mut cache,
+            )?;
+        }
+        if at == LogitsAt::Last {
+            resid = resid.narrow(1, t - 1, 1)?;
         }
         let logits = self.unembed_inner(&resid)?;
         Ok(ForwardOutput { logits, cache })
@@ -294,11 +328,12 @@ impl Transformer for Gpt2 {
         &self.device
     }
 
-    fn forward(
+    fn forward_at(
         &self,
         ids: &Tensor,
         kv: Option<&mut KvCache>,
         hooks: &Hooks,
+        at: LogitsAt,
     ) -> Result<ForwardOutput, ModelError> {
         hooks.validate(self.cfg.n_layers)?;
         let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
@@ -309,7 +344,7 @@ impl Transformer for Gpt2 {
                 max: self.cfg.max_positions,
             });
         }
-        Ok(self.forward_inner(ids, kv, hooks)?)
+        Ok(self.forward_inner(ids, kv, hooks, at)?)
     }
 
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError> {

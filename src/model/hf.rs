@@ -62,7 +62,11 @@ pub fn read(path: &Path) -> Result<String, ModelError> {
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ModelError> {
     serde_json::from_str(text).map_err(|e| {
         // serde names the missing or mistyped field in its message.
-        ModelError::config(path, format!("line {} column {}", e.line(), e.column()), e.to_string())
+        ModelError::config(
+            path,
+            format!("line {} column {}", e.line(), e.column()),
+            e.to_string(),
+        )
     })
 }
 
@@ -72,7 +76,11 @@ pub fn load_dir(dir: &Path, dev: &Device) -> Result<Box<dyn Transformer>, ModelE
     let text = read(&cfg_path)?;
     let mt: ModelType = parse(&cfg_path, &text)?;
     let arch = mt.model_type.ok_or_else(|| {
-        ModelError::config(&cfg_path, "model_type", "missing (cannot tell the architecture)")
+        ModelError::config(
+            &cfg_path,
+            "model_type",
+            "missing (cannot tell the architecture)",
+        )
     })?;
     let files = weight_files(dir)?;
     // SAFETY (both blocks): the files are memory-mapped read-only; they must not change
@@ -92,11 +100,15 @@ pub fn load_dir(dir: &Path, dev: &Device) -> Result<Box<dyn Transformer>, ModelE
     match arch.as_str() {
         "llama" => {
             let cfg = parse::<LlamaConfigFile>(&cfg_path, &text)?.into_config(&cfg_path)?;
-            Ok(Box::new(Llama::load(vb, cfg).map_err(|e| ModelError::weights(&shown, e))?))
+            Ok(Box::new(
+                Llama::load(vb, cfg).map_err(|e| ModelError::weights(&shown, e))?,
+            ))
         }
         "gpt2" => {
             let cfg = parse::<Gpt2ConfigFile>(&cfg_path, &text)?.into_config(&cfg_path)?;
-            Ok(Box::new(Gpt2::load(vb, cfg).map_err(|e| ModelError::weights(&shown, e))?))
+            Ok(Box::new(
+                Gpt2::load(vb, cfg).map_err(|e| ModelError::weights(&shown, e))?,
+            ))
         }
         other => Err(ModelError::UnknownArch {
             path: cfg_path,

@@ -125,7 +125,9 @@ impl FromStr for HookPoint {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         use HookPoint::*;
-        let err = || ParseHookError { name: s.to_string() };
+        let err = || ParseHookError {
+            name: s.to_string(),
+        };
         if s == "hook_embed" {
             return Ok(Embed);
         }
@@ -221,7 +223,10 @@ pub struct MapFn(pub Arc<dyn Fn(&Tensor, &EditCtx) -> candle_core::Result<Tensor
 
 impl Edit for Replace {
     fn apply(&self, x: &Tensor, _: &EditCtx) -> candle_core::Result<Tensor> {
-        self.0.to_dtype(x.dtype())?.broadcast_as(x.shape())?.contiguous()
+        self.0
+            .to_dtype(x.dtype())?
+            .broadcast_as(x.shape())?
+            .contiguous()
     }
 }
 
@@ -259,7 +264,9 @@ impl Edit for PatchFrom {
         let t = position_len(x, ctx.point)?;
         let pos_axis = position_axis(ctx.point);
         let src = self.0.narrow(pos_axis, ctx.offset, t)?;
-        src.to_dtype(x.dtype())?.broadcast_as(x.shape())?.contiguous()
+        src.to_dtype(x.dtype())?
+            .broadcast_as(x.shape())?
+            .contiguous()
     }
 }
 
@@ -355,10 +362,7 @@ impl Hooks {
         for p in points {
             if let Some(l) = p.layer() {
                 if l >= n_layers {
-                    return Err(HookError::LayerOutOfRange {
-                        point: p,
-                        n_layers,
-                    });
+                    return Err(HookError::LayerOutOfRange { point: p, n_layers });
                 }
             }
         }
@@ -492,7 +496,10 @@ fn selection_mask(
     let unit = Tensor::from_vec(unit_on, n_units, dev)?;
     let mask = match axis {
         // [1, t, units]
-        UnitAxis::Feature => pos.unsqueeze(1)?.broadcast_mul(&unit.unsqueeze(0)?)?.unsqueeze(0)?,
+        UnitAxis::Feature => pos
+            .unsqueeze(1)?
+            .broadcast_mul(&unit.unsqueeze(0)?)?
+            .unsqueeze(0)?,
         // [1, t, heads, 1]
         UnitAxis::Head => pos
             .unsqueeze(1)?
@@ -574,7 +581,9 @@ mod tests {
             .read(HookPoint::ResidPost(0));
         let mut cache = ActivationCache::default();
         // offset 3: this call covers absolute positions 3..7, so only row 2 is position 5.
-        let y = hooks.apply(HookPoint::ResidPost(0), x, 3, &mut cache).unwrap();
+        let y = hooks
+            .apply(HookPoint::ResidPost(0), x, 3, &mut cache)
+            .unwrap();
         let got = y.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(
             got,
@@ -598,7 +607,10 @@ mod tests {
             offset: 0,
         };
         let y = ProjectOut(u).apply(&x, &ctx).unwrap();
-        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![3., 0., 1.]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![3., 0., 1.]
+        );
     }
 
     #[test]

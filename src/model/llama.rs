@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::hooks::{ActivationCache, HookPoint, Hooks};
 use super::ops::{self, Rope};
-use super::{Arch, ForwardOutput, KvCache, ModelError, ModelInfo, Transformer};
+use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
 /// `config.json` as Hugging Face writes it for `LlamaForCausalLM`.
 #[derive(Debug, Clone, Deserialize)]
@@ -177,7 +177,8 @@ impl Llama {
         let lm_head = if cfg.tie_embeddings {
             embed.clone()
         } else {
-            vb.pp("lm_head").get((cfg.vocab_size, cfg.d_model), "weight")?
+            vb.pp("lm_head")
+                .get((cfg.vocab_size, cfg.d_model), "weight")?
         };
         // RoPE tables cover the context window; cheap (max_pos × dh/2 floats).
         let rope = Rope::new(cfg.d_head, cfg.rope_theta, cfg.max_positions, &device)?;
@@ -273,14 +274,15 @@ impl Llama {
         ids: &Tensor,
         mut kv: Option<&mut KvCache>,
         hooks: &Hooks,
+        at: LogitsAt,
     ) -> candle_core::Result<ForwardOutput> {
         let (b, t) = ids.dims2()?;
         let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
         let mut cache = ActivationCache::default();
-        let x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.d_model))?; // [b, t, d]
+        let x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, self.cfg.d_model))?; // [b, t, d]
         let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
         for l in 0..self.cfg.n_layers {
             let blk = &self.blocks[l];
@@ -288,11 +290,24 @@ impl Llama {
             let h = ops::rms_norm(&resid_pre, &blk.ln1, self.cfg.rms_eps)?;
             let attn = self.attention(l, &h, offset, kv.as_deref_mut(), hooks, &mut cache)?;
             let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, &mut cache)?;
-            let resid_mid = hooks.apply(HookPoint::ResidMid(l), (resid_pre + attn)?, offset, &mut cache)?;
+            let resid_mid = hooks.apply(
+                HookPoint::ResidMid(l),
+                (resid_pre + attn)?,
+                offset,
+                &mut cache,
+            )?;
             let h = ops::rms_norm(&resid_mid, &blk.ln2, self.cfg.rms_eps)?;
             let mlp = self.mlp(l, &h, offset, hooks, &mut cache)?;
             let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, offset, &mut cache)?;
-            resid = hooks.apply(HookPoint::ResidPost(l), (resid_mid + mlp)?, offset, &mut cache)?;
+            resid = hooks.apply(
+                HookPoint::ResidPost(l),
+                (resid_mid + mlp)?,
+                offset,
+                &mut cache,
+            )?;
+        }
+        if at == LogitsAt::Last {
+            resid = resid.narrow(1, t - 1, 1)?;
         }
         let logits = self.unembed_inner(&resid)?;
         Ok(ForwardOutput { logits, cache })
@@ -313,11 +328,12 @@ impl Transformer for Llama {
         &self.device
     }
 
-    fn forward(
+    fn forward_at(
         &self,
         ids: &Tensor,
         kv: Option<&mut KvCache>,
         hooks: &Hooks,
+        at: LogitsAt,
     ) -> Result<ForwardOutput, ModelError> {
         hooks.validate(self.cfg.n_layers)?;
         let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
@@ -328,7 +344,7 @@ impl Transformer for Llama {
                 max: self.rope.max_positions(),
             });
         }
-        Ok(self.forward_inner(ids, kv, hooks)?)
+        Ok(self.forward_inner(ids, kv, hooks, at)?)
     }
 
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError> {

@@ -10,7 +10,7 @@ use super::hooks::Hooks;
 use super::llama::Llama;
 use super::source::{LocalModel, ModelSource};
 use super::tokenizer::Tokenizer;
-use super::{ForwardOutput, ModelError, Transformer};
+use super::{ForwardOutput, LogitsAt, ModelError, Transformer};
 
 pub struct LoadedModel {
     /// What the user asked for (`smollm2-135m-instruct`, a path, `hf:…`).
@@ -34,7 +34,10 @@ pub fn device(spec: &str) -> Result<Device, ModelError> {
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ord = s
                 .strip_prefix("cuda:")
-                .map(|n| n.parse::<usize>().map_err(|_| bad("bad device ordinal".into())))
+                .map(|n| {
+                    n.parse::<usize>()
+                        .map_err(|_| bad("bad device ordinal".into()))
+                })
                 .transpose()?
                 .unwrap_or(0);
             Device::new_cuda(ord).map_err(|e| {
@@ -114,12 +117,14 @@ impl LoadedModel {
 
     /// Last-position logits of `text` as f32, over the whole vocabulary.
     pub fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let out = self.forward_ids(ids, &Hooks::new())?;
-        let t = ids.len();
+        let t = Tensor::new(ids, self.device())?.unsqueeze(0)?;
+        let out = self
+            .model
+            .forward_at(&t, None, &Hooks::new(), LogitsAt::Last)?;
         Ok(out
             .logits
             .squeeze(0)?
-            .get(t - 1)?
+            .get(0)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec1::<f32>()?)
     }

@@ -54,7 +54,16 @@ pub struct ModelInfo {
     pub max_positions: usize,
 }
 
-/// Logits at every position `[b, t, vocab]`, plus what the readers cached.
+/// Which positions get logits. Scoring needs every position; generation needs only the
+/// last, and skipping the rest saves a `[b, t, vocab]` matmul on prefill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsAt {
+    All,
+    Last,
+}
+
+/// Logits `[b, t, vocab]` (`[b, 1, vocab]` for [`LogitsAt::Last`]), plus what the readers
+/// cached.
 #[derive(Debug)]
 pub struct ForwardOutput {
     pub logits: Tensor,
@@ -136,12 +145,23 @@ pub trait Transformer: Send + Sync {
 
     /// Forward `ids` `[b, t]`. With a KV cache, the ids continue the cached positions and
     /// the cache is extended; positions (and writers' position selectors) are absolute.
+    fn forward_at(
+        &self,
+        ids: &Tensor,
+        kv: Option<&mut KvCache>,
+        hooks: &Hooks,
+        at: LogitsAt,
+    ) -> Result<ForwardOutput, ModelError>;
+
+    /// [`Transformer::forward_at`] with logits at every position.
     fn forward(
         &self,
         ids: &Tensor,
         kv: Option<&mut KvCache>,
         hooks: &Hooks,
-    ) -> Result<ForwardOutput, ModelError>;
+    ) -> Result<ForwardOutput, ModelError> {
+        self.forward_at(ids, kv, hooks, LogitsAt::All)
+    }
 
     /// Final norm and unembedding of a residual-stream tensor `[.., d]` → `[.., vocab]`.
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError>;

@@ -94,7 +94,13 @@ pub fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Resul
     let total = offset + t;
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
-            (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
         })
         .collect();
     Tensor::from_vec(mask, (t, total), dev)?.to_dtype(dtype)

@@ -123,7 +123,8 @@ impl ModelSource {
             ModelSource::Gguf(p) => Ok(LocalModel::Gguf(p.clone())),
             ModelSource::HfDir(p) => Ok(LocalModel::HfDir(p.clone())),
             ModelSource::Hub { repo, revision } => {
-                resolve_hub(repo, revision, &Cache::from_env(), hub_offline()).map(LocalModel::HfDir)
+                resolve_hub(repo, revision, &Cache::from_env(), hub_offline())
+                    .map(LocalModel::HfDir)
             }
         }
     }
@@ -214,7 +215,11 @@ pub fn resolve_hub(
         let shards: std::collections::BTreeSet<String> = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .map(|m| m.values().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|m| {
+                m.values()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         for s in shards {
             get(&s)?.ok_or_else(|| err(format!("{s}: {}", where_())))?;
@@ -238,7 +243,9 @@ mod tests {
             ModelSource::Shipped(DEFAULT_MODEL)
         );
         assert_eq!(
-            "hf:HuggingFaceTB/SmolLM2-135M@abc".parse::<ModelSource>().unwrap(),
+            "hf:HuggingFaceTB/SmolLM2-135M@abc"
+                .parse::<ModelSource>()
+                .unwrap(),
             ModelSource::Hub {
                 repo: "HuggingFaceTB/SmolLM2-135M".into(),
                 revision: "abc".into()
@@ -251,9 +258,18 @@ mod tests {
                 revision: "main".into()
             }
         );
-        for bad in ["hf:nope", "hf:a/b@", "hf:/b", "/no/such/model.gguf", "no-such-model"] {
+        for bad in [
+            "hf:nope",
+            "hf:a/b@",
+            "hf:/b",
+            "/no/such/model.gguf",
+            "no-such-model",
+        ] {
             let e = bad.parse::<ModelSource>().unwrap_err().to_string();
-            assert!(e.contains(bad.trim_start_matches("hf:").split('@').next().unwrap()), "{e}");
+            assert!(
+                e.contains(bad.trim_start_matches("hf:").split('@').next().unwrap()),
+                "{e}"
+            );
         }
     }
 }

@@ -80,15 +80,16 @@ impl Tokenizer {
         })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(s) => serde_json::from_str(&s).map_err(|e| {
-                ModelError::config(&cfg_path, "(json)", e.to_string())
-            })?,
+            Ok(s) => serde_json::from_str(&s)
+                .map_err(|e| ModelError::config(&cfg_path, "(json)", e.to_string()))?,
             Err(_) => Value::Null,
         };
         let token_str = |key: &str| -> Option<String> {
             match cfg.get(key) {
                 Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+                Some(Value::Object(o)) => {
+                    o.get("content").and_then(|c| c.as_str()).map(String::from)
+                }
                 _ => None,
             }
         };
@@ -134,7 +135,9 @@ impl Tokenizer {
             return Err(ModelError::config(
                 &path,
                 "tokenizer.ggml.model",
-                format!("tokenizer model '{model}' is not supported (supported: gpt2 byte-level BPE)"),
+                format!(
+                    "tokenizer model '{model}' is not supported (supported: gpt2 byte-level BPE)"
+                ),
             ));
         }
         let tokens = g.strings("tokenizer.ggml.tokens")?;
@@ -153,7 +156,9 @@ impl Tokenizer {
             ModelError::config(
                 &path,
                 "tokenizer.ggml.pre",
-                format!("pre-tokenizer '{pre}' is not supported (supported: smollm, gpt2, default)"),
+                format!(
+                    "pre-tokenizer '{pre}' is not supported (supported: smollm, gpt2, default)"
+                ),
             )
         })?;
         // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte.
@@ -188,15 +193,19 @@ impl Tokenizer {
                 "vocab": vocab, "merges": merges,
             }
         });
-        let inner: tokenizers::Tokenizer = spec
-            .to_string()
-            .parse()
-            .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
-                path: path.clone(),
-                message: format!("building BPE from GGUF vocabulary: {e}"),
-            })?;
+        let inner: tokenizers::Tokenizer =
+            spec.to_string()
+                .parse()
+                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                    path: path.clone(),
+                    message: format!("building BPE from GGUF vocabulary: {e}"),
+                })?;
         let id = |key: &str| -> Result<Option<u32>, ModelError> {
-            Ok(if g.has(key) { Some(g.usize(key)? as u32) } else { None })
+            Ok(if g.has(key) {
+                Some(g.usize(key)? as u32)
+            } else {
+                None
+            })
         };
         let bos_id = id("tokenizer.ggml.bos_token_id")?;
         let eos_id = id("tokenizer.ggml.eos_token_id")?;
@@ -221,8 +230,7 @@ impl Tokenizer {
 
 /// `tokenizer.json` pre-tokenizers for llama.cpp's `tokenizer.ggml.pre` names.
 fn pre_tokenizer_for(pre: &str) -> Option<Value> {
-    let byte_level =
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     match pre {
         // SmolLM: every digit is its own token, then GPT-2's byte-level split.
         "smollm" => Some(json!({"type": "Sequence", "pretokenizers": [
@@ -234,7 +242,9 @@ fn pre_tokenizer_for(pre: &str) -> Option<Value> {
 
 fn read_json_opt(path: &Path) -> Result<Value, ModelError> {
     match std::fs::read_to_string(path) {
-        Ok(s) => serde_json::from_str(&s).map_err(|e| ModelError::config(path, "(json)", e.to_string())),
+        Ok(s) => {
+            serde_json::from_str(&s).map_err(|e| ModelError::config(path, "(json)", e.to_string()))
+        }
         Err(_) => Ok(Value::Null),
     }
 }
@@ -246,7 +256,11 @@ fn json_u32(v: &Value, key: &str) -> Option<u32> {
 fn json_u32s(v: &Value, key: &str) -> Vec<u32> {
     match v.get(key) {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }

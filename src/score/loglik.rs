@@ -54,10 +54,13 @@ pub fn encode_pair(model: &LoadedModel, req: &LoglikRequest) -> Result<EncodedPa
         return Err(ModelError::EmptyPrompt);
     }
     if req.context.is_empty() {
-        let prefix = tok.bos_id.or(tok.eos_id).ok_or_else(|| ModelError::Tokenizer {
-            path: tok.source().to_path_buf(),
-            message: "empty context needs a BOS or EOS token to stand for it".into(),
-        })?;
+        let prefix = tok
+            .bos_id
+            .or(tok.eos_id)
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: tok.source().to_path_buf(),
+                message: "empty context needs a BOS or EOS token to stand for it".into(),
+            })?;
         return Ok(EncodedPair {
             context: vec![prefix],
             continuation: tok.encode(&req.continuation)?,

@@ -27,8 +27,12 @@ pub fn tiny_gpt2_dir() -> PathBuf {
 }
 
 pub fn tiny_gpt2() -> LoadedModel {
-    LoadedModel::load_local("tiny-gpt2", &LocalModel::HfDir(tiny_gpt2_dir()), &Device::Cpu)
-        .expect("load fixtures/tiny-gpt2")
+    LoadedModel::load_local(
+        "tiny-gpt2",
+        &LocalModel::HfDir(tiny_gpt2_dir()),
+        &Device::Cpu,
+    )
+    .expect("load fixtures/tiny-gpt2")
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

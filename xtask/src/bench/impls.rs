@@ -14,7 +14,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama as cllama, quantized_llama};
 use scalpel::model::llama::LlamaConfig;
-use scalpel::model::{Hooks, KvCache, LoadedModel, Transformer};
+use scalpel::model::{Hooks, KvCache, LoadedModel, LogitsAt, Transformer};
 
 pub trait Lm {
     fn name(&self) -> &str;
@@ -57,10 +57,14 @@ impl Lm for Ours {
         Ok(())
     }
 
+    /// Last-position logits only, as the candle models compute them (scoring paths
+    /// that need every position pay for the full unembedding; see the extra row).
     fn step(&mut self, ids: &Tensor) -> Result<Tensor> {
-        let t = ids.dim(1)?;
-        let out = self.model.model.forward(ids, Some(&mut self.kv), &self.hooks)?;
-        Ok(out.logits.i((.., t - 1, ..))?.to_dtype(DType::F32)?)
+        let out =
+            self.model
+                .model
+                .forward_at(ids, Some(&mut self.kv), &self.hooks, LogitsAt::Last)?;
+        Ok(out.logits.i((.., 0, ..))?.to_dtype(DType::F32)?)
     }
 
     fn scalpel(&self) -> Option<&dyn Transformer> {
@@ -159,7 +163,8 @@ pub struct CandleQuant {
 
 impl CandleQuant {
     pub fn load(path: &Path, dtype_label: &str, dev: &Device) -> Result<Self> {
-        let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
         let ct = gguf_file::Content::read(&mut f)
             .with_context(|| format!("read GGUF {}", path.display()))?;
         let model = quantized_llama::ModelWeights::from_gguf(ct, &mut f, dev)

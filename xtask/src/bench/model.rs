@@ -87,32 +87,51 @@ pub fn run(args: &Args) -> Result<()> {
         multi: vec![],
     };
 
-    let mut series = Vec::new();
-    for &b in &PREFILL_BATCHES {
-        for lm in &lms {
-            series.push(Series::new(
-                format!("prefill {PREFILL_LEN} tok, batch {b}"),
-                lm.name(),
-                b * PREFILL_LEN,
-            ));
-        }
-    }
-    for (i, lm) in lms.iter().enumerate() {
-        let mut s = Series::new(
-            format!("greedy decode {DECODE_STEPS} tok, batch 1"),
-            lm.name(),
-            DECODE_STEPS,
-        );
-        s.bytes_per_token = Some(bytes_per_token[i]);
+    // One series per (workload, implementation); the index vectors say which is which.
+    let mut series: Vec<Series> = Vec::new();
+    let mut add = |s: Series| {
         series.push(s);
-    }
-    series.push(Series::new(
+        series.len() - 1
+    };
+    let prefill_rows: Vec<Vec<usize>> = PREFILL_BATCHES
+        .iter()
+        .map(|&b| {
+            lms.iter()
+                .map(|lm| {
+                    add(Series::new(
+                        format!("prefill {PREFILL_LEN} tok, batch {b}"),
+                        lm.name(),
+                        b * PREFILL_LEN,
+                    ))
+                })
+                .collect()
+        })
+        .collect();
+    let decode_rows: Vec<usize> = lms
+        .iter()
+        .zip(bytes_per_token)
+        .map(|(lm, bytes)| {
+            let mut s = Series::new(
+                format!("greedy decode {DECODE_STEPS} tok, batch 1"),
+                lm.name(),
+                DECODE_STEPS,
+            );
+            s.bytes_per_token = Some(bytes);
+            add(s)
+        })
+        .collect();
+    let sample_row = add(Series::new(
         format!(
             "sample {N_SAMPLES}×{SAMPLE_TOKENS} tok, one prefill of {}",
             sample_prompt.len()
         ),
         lms[0].name(),
         N_SAMPLES * SAMPLE_TOKENS,
+    ));
+    let unembed_row = add(Series::new(
+        format!("(unembed all {PREFILL_LEN} positions, batch 1)"),
+        lms[0].name(),
+        PREFILL_LEN,
     ));
 
     let batches: Vec<Tensor> = PREFILL_BATCHES
@@ -145,19 +164,17 @@ pub fn run(args: &Args) -> Result<()> {
         // Rotate which implementation goes first, so none always runs right after
         // the bandwidth pass or right before another.
         let order: Vec<usize> = (0..lms.len()).map(|k| (k + rep) % lms.len()).collect();
-        let mut row = 0;
-        for ids in &batches {
+        for (ids, rows) in batches.iter().zip(&prefill_rows) {
             for &i in &order {
-                let s = &mut series[row + i];
+                let s = &mut series[rows[i]];
                 if s.error.is_none() {
                     let r = workloads::prefill(lms[i].as_mut(), ids).map(|secs| (secs, s.tokens));
                     record(s, timed, r);
                 }
             }
-            row += lms.len();
         }
         for &i in &order {
-            let s = &mut series[row + i];
+            let s = &mut series[decode_rows[i]];
             if s.error.is_none() {
                 let r = workloads::decode(lms[i].as_mut(), &prompt, &dev).map(|d| {
                     greedy[i] = d.tokens;
@@ -166,11 +183,17 @@ pub fn run(args: &Args) -> Result<()> {
                 record(s, timed, r);
             }
         }
-        row += lms.len();
-        let s = &mut series[row];
+        let model = lms[0]
+            .scalpel()
+            .context("the first implementation must be ours")?;
+        let s = &mut series[sample_row];
         if s.error.is_none() {
-            let model = lms[0].scalpel().context("the first implementation must be ours")?;
             record(s, timed, workloads::sample(model, &sample_prompt));
+        }
+        let s = &mut series[unembed_row];
+        if s.error.is_none() {
+            let r = workloads::unembed_all(model, &batches[0]).map(|secs| (secs, s.tokens));
+            record(s, timed, r);
         }
         if let Some(l) = machine::loadavg() {
             load_samples.push(l);
@@ -216,6 +239,7 @@ pub fn run(args: &Args) -> Result<()> {
         sample_prompt_len: sample_prompt.len(),
         agreement,
         bandwidth: bw,
+        ours: lms[0].name().to_string(),
         series,
     };
     report::print_table(&results);
@@ -234,7 +258,7 @@ fn record(s: &mut Series, timed: bool, r: Result<(f64, usize)>) {
                 s.secs.push(secs);
             }
             eprintln!(
-                "  {:<44} {:<30} {:>9.1} tok/s  ({:.3} s)",
+                "  {:<44} {:<34} {:>9.1} tok/s  ({:.3} s)",
                 s.workload,
                 s.implementation,
                 tokens as f64 / secs,
@@ -242,8 +266,15 @@ fn record(s: &mut Series, timed: bool, r: Result<(f64, usize)>) {
             );
         }
         Err(e) => {
-            eprintln!("  {:<44} {:<30} failed: {e:#}", s.workload, s.implementation);
-            s.error = Some(format!("{e:#}"));
+            // candle errors carry a backtrace when RUST_BACKTRACE is set; the first line
+            // says what went wrong.
+            let msg = format!("{e:#}");
+            let msg = msg.lines().next().unwrap_or_default().trim().to_string();
+            eprintln!(
+                "  {:<44} {:<34} failed: {msg}",
+                s.workload, s.implementation
+            );
+            s.error = Some(msg);
         }
     }
 }

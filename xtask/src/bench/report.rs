@@ -71,8 +71,8 @@ pub struct BandwidthSamples {
 }
 
 impl BandwidthSamples {
-    /// The bandwidth the decode bound uses: the best multi-threaded read seen. The best,
-    /// not the median, because a bound should be one the code could have reached.
+    /// The bandwidth the decode bound uses: the best read seen on any thread count. The
+    /// best, not the median, because a bound should be one the code could have reached.
     pub fn bound_bandwidth(&self) -> Option<f64> {
         self.multi
             .iter()
@@ -108,10 +108,35 @@ pub struct Results {
     pub sample_prompt_len: usize,
     pub agreement: Agreement,
     pub bandwidth: BandwidthSamples,
+    /// The implementation the others are compared with (its name in `series`).
+    pub ours: String,
     pub series: Vec<Series>,
 }
 
 impl Results {
+    /// Median over repetitions of ours' tok/s ÷ this series' tok/s in the same
+    /// repetition. Pairing runs that sat next to each other in time cancels much of the
+    /// load from other processes, which the separate medians keep.
+    fn paired_ratio(&self, s: &Series) -> Option<f64> {
+        if s.implementation == self.ours || s.error.is_some() {
+            return None;
+        }
+        let o = self
+            .series
+            .iter()
+            .find(|o| o.workload == s.workload && o.implementation == self.ours)?;
+        if o.secs.len() != s.secs.len() || o.error.is_some() {
+            return None;
+        }
+        let r: Vec<f64> = o
+            .secs
+            .iter()
+            .zip(&s.secs)
+            .map(|(os, ss)| (o.tokens as f64 / os) / (s.tokens as f64 / ss))
+            .collect();
+        Summary::of(&r).map(|x| x.median)
+    }
+
     fn bound(&self, s: &Series) -> Option<f64> {
         Some(self.bandwidth.bound_bandwidth()? / s.bytes_per_token?)
     }
@@ -169,19 +194,23 @@ pub fn print_table(r: &Results) {
     );
     let _ = writeln!(
         out,
-        "\n{:<44} {:<30} {:>10} {:>21} {:>10} {:>8}",
-        "workload", "implementation", "tok/s med", "min – max", "bound", "of bound"
+        "\n{:<44} {:<34} {:>10} {:>21} {:>10} {:>8} {:>10}",
+        "workload", "implementation", "tok/s med", "min – max", "bound", "of bound", "ours ÷ it"
     );
     for s in &r.series {
         let bound = r.bound(s);
         match (&s.error, s.tok_s()) {
             (Some(e), _) => {
-                let _ = writeln!(out, "{:<44} {:<30} unsupported: {e}", s.workload, s.implementation);
+                let _ = writeln!(
+                    out,
+                    "{:<44} {:<34} unsupported: {e}",
+                    s.workload, s.implementation
+                );
             }
             (None, Some(t)) => {
                 let _ = writeln!(
                     out,
-                    "{:<44} {:<30} {:>10.1} {:>21} {:>10} {:>8}",
+                    "{:<44} {:<34} {:>10.1} {:>21} {:>10} {:>8} {:>10}",
                     s.workload,
                     s.implementation,
                     t.median,
@@ -189,11 +218,18 @@ pub fn print_table(r: &Results) {
                     bound.map(|b| format!("{b:.1}")).unwrap_or_default(),
                     bound
                         .map(|b| format!("{:.0}%", 100.0 * t.median / b))
+                        .unwrap_or_default(),
+                    r.paired_ratio(s)
+                        .map(|x| format!("{x:.2}×"))
                         .unwrap_or_default()
                 );
             }
             (None, None) => {
-                let _ = writeln!(out, "{:<44} {:<30} no samples", s.workload, s.implementation);
+                let _ = writeln!(
+                    out,
+                    "{:<44} {:<34} no samples",
+                    s.workload, s.implementation
+                );
             }
         }
     }
@@ -251,6 +287,7 @@ pub fn to_json(r: &Results) -> Value {
                 "weight_bytes_per_token": s.bytes_per_token,
                 "bound_tok_per_s": bound,
                 "median_fraction_of_bound": bound.zip(s.tok_s()).map(|(b, t)| t.median / b),
+                "ours_over_this_paired_median": r.paired_ratio(s),
             })
         })
         .collect();
@@ -282,7 +319,7 @@ pub fn to_json(r: &Results) -> Value {
             "cpu_features": r.cpu_features,
             "loadavg_before": r.load_before,
             "loadavg_after": r.load_after,
-            "loadavg_after_each_rep": r.load_samples,
+            "loadavg_after_warmup_then_each_rep": r.load_samples,
         },
         "versions": {
             "candle_core": r.candle_version,
@@ -323,7 +360,13 @@ pub fn to_markdown(r: &Results) -> String {
     let commit = r
         .git_commit
         .as_deref()
-        .map(|c| format!("{}{}", &c[..c.len().min(10)], if r.git_dirty { " (dirty)" } else { "" }))
+        .map(|c| {
+            format!(
+                "{}{}",
+                &c[..c.len().min(10)],
+                if r.git_dirty { " (dirty)" } else { "" }
+            )
+        })
         .unwrap_or_else(|| "unknown".into());
     let _ = writeln!(md, "# bench model — {}\n", machine::iso8601(r.started));
     let _ = writeln!(
@@ -340,20 +383,24 @@ pub fn to_markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "| workload | implementation | tok/s (median) | min – max | decode bound | of bound |"
+        "| workload | implementation | tok/s (median) | min – max | decode bound | of bound | ours ÷ it (paired) |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
     for s in &r.series {
         let bound = r.bound(s);
         match (&s.error, s.tok_s()) {
             (Some(e), _) => {
                 let e = e.lines().next().unwrap_or_default().replace('|', "\\|");
-                let _ = writeln!(md, "| {} | {} | unsupported: {e} | | | |", s.workload, s.implementation);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | unsupported: {e} | | | | |",
+                    s.workload, s.implementation
+                );
             }
             (None, Some(t)) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.1} | {:.1} – {:.1} | {} | {} |",
+                    "| {} | {} | {:.1} | {:.1} – {:.1} | {} | {} | {} |",
                     s.workload,
                     s.implementation,
                     t.median,
@@ -362,6 +409,9 @@ pub fn to_markdown(r: &Results) -> String {
                     bound.map(|b| format!("{b:.1}")).unwrap_or_default(),
                     bound
                         .map(|b| format!("{:.0}%", 100.0 * t.median / b))
+                        .unwrap_or_default(),
+                    r.paired_ratio(s)
+                        .map(|x| format!("{x:.2}×"))
                         .unwrap_or_default()
                 );
             }
@@ -374,7 +424,9 @@ pub fn to_markdown(r: &Results) -> String {
             md,
             "\nMemory read bandwidth: {} median / {} best on 1 thread, {} median / {} best on {} \
              threads. Decode bound = best bandwidth ÷ weight bytes per token (f32 {:.1} MB, \
-             quantized {:.1} MB).",
+             quantized {:.1} MB; KV-cache reads and the embedding row left out). \
+             \"ours ÷ it\" is the median over repetitions of the ratio within one repetition \
+             (above 1: ours faster).",
             gbs(s1.median),
             gbs(s1.max),
             gbs(sn.median),

@@ -53,7 +53,11 @@ pub fn prefill(lm: &mut dyn Lm, ids: &Tensor) -> Result<f64> {
     let logits = lm.step(ids)?;
     dev.synchronize()?;
     let secs = t0.elapsed().as_secs_f64();
-    ensure!(logits.dim(0)? == ids.dim(0)?, "{}: logits batch mismatch", lm.name());
+    ensure!(
+        logits.dim(0)? == ids.dim(0)?,
+        "{}: logits batch mismatch",
+        lm.name()
+    );
     Ok(secs)
 }
 
@@ -101,4 +105,24 @@ pub fn sample(model: &dyn Transformer, prompt: &[u32]) -> Result<(f64, usize)> {
     let gens = generate(model, prompt, &params, N_SAMPLES, &Hooks::new(), |_, _| {})?;
     let secs = t0.elapsed().as_secs_f64();
     Ok((secs, gens.iter().map(|g| g.tokens.len()).sum()))
+}
+
+/// Seconds for our final norm and unembedding over every position of `ids` `[b, t]`.
+/// Our forward returns logits at all positions, where the candle models unembed only
+/// the last one; this is the part of our prefill that the others skip.
+pub fn unembed_all(model: &dyn Transformer, ids: &Tensor) -> Result<f64> {
+    let (b, t) = ids.dims2()?;
+    let resid = model
+        .token_embeddings()
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, t, ()))?;
+    let t0 = Instant::now();
+    let logits = model.unembed(&resid)?;
+    ids.device().synchronize()?;
+    let secs = t0.elapsed().as_secs_f64();
+    ensure!(
+        logits.dims3()?.1 == t,
+        "unembedding changed the sequence length"
+    );
+    Ok(secs)
 }
