@@ -218,8 +218,10 @@ pub struct ProjectOut(pub Tensor);
 /// Copy values from a cached activation of another run (`[b or 1, t_total, ...]`),
 /// taking the positions this call covers. This is activation patching.
 pub struct PatchFrom(pub Tensor);
+/// The function inside a [`MapFn`].
+pub type EditFn = dyn Fn(&Tensor, &EditCtx) -> candle_core::Result<Tensor> + Send + Sync;
 /// Any function, for fitted interventions (low-rank breakers, learned edits).
-pub struct MapFn(pub Arc<dyn Fn(&Tensor, &EditCtx) -> candle_core::Result<Tensor> + Send + Sync>);
+pub struct MapFn(pub Arc<EditFn>);
 
 impl Edit for Replace {
     fn apply(&self, x: &Tensor, _: &EditCtx) -> candle_core::Result<Tensor> {

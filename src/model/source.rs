@@ -16,14 +16,10 @@ use hf_hub::{Cache, Repo, RepoType};
 use super::ModelError;
 
 /// The model every command uses unless told otherwise.
-pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+pub const DEFAULT_MODEL: &str = crate::assets::SMOLLM2_ID;
 
-/// Shipped models: name → (asset id, file inside the asset).
-const SHIPPED: &[(&str, &str, &str)] = &[(
-    DEFAULT_MODEL,
-    "smollm2-135m-instruct",
-    crate::assets::SMOLLM2_GGUF,
-)];
+/// Shipped models: `--model` names, each the id of an asset whose main file is the model.
+const SHIPPED: &[&str] = &[crate::assets::SMOLLM2_ID];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -51,7 +47,7 @@ impl FromStr for ModelSource {
             spec: spec.to_string(),
             message: m,
         };
-        if let Some((name, _, _)) = SHIPPED.iter().find(|(n, _, _)| *n == spec) {
+        if let Some(name) = SHIPPED.iter().find(|n| **n == spec) {
             return Ok(ModelSource::Shipped(name));
         }
         if let Some(rest) = spec.strip_prefix("hf:") {
@@ -92,10 +88,9 @@ impl FromStr for ModelSource {
                     .into(),
             ));
         }
-        let known: Vec<&str> = SHIPPED.iter().map(|(n, _, _)| *n).collect();
         Err(err(format!(
             "no such file or directory, and not a shipped model (shipped: {}; or a .gguf path, a Hugging Face directory, hf:owner/name)",
-            known.join(", ")
+            SHIPPED.join(", ")
         )))
     }
 }
@@ -112,14 +107,7 @@ impl ModelSource {
     /// repository in the hf-hub cache (downloading unless offline).
     pub fn resolve(&self) -> Result<LocalModel, ModelError> {
         match self {
-            ModelSource::Shipped(name) => {
-                let (_, asset, file) = SHIPPED
-                    .iter()
-                    .find(|(n, _, _)| n == name)
-                    .expect("shipped names come from SHIPPED");
-                let dir = crate::assets::ensure(asset)?;
-                Ok(LocalModel::Gguf(dir.join(file)))
-            }
+            ModelSource::Shipped(id) => Ok(LocalModel::Gguf(crate::assets::ensure_main_file(id)?)),
             ModelSource::Gguf(p) => Ok(LocalModel::Gguf(p.clone())),
             ModelSource::HfDir(p) => Ok(LocalModel::HfDir(p.clone())),
             ModelSource::Hub { repo, revision } => {
