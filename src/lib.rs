@@ -2,7 +2,10 @@
 //!
 //! Data flows one way: suite spec → model + interventions → cases → scores → statistics →
 //! verdicts → stores and reports. This crate's modules follow that order:
-//! [`assets`] (offline models and data), [`model`] (the hooked transformer), [`score`].
+//! [`assets`] (offline models and data), [`data`] (dataset rows), [`model`] (the hooked
+//! transformer), [`tasks`] (evaluation tasks), [`score`] (what tasks ask of a model).
 pub mod assets;
+pub mod data;
 pub mod model;
 pub mod score;
+pub mod tasks;

@@ -31,6 +31,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Print the token ids and the last position's logits over the whole vocabulary.
     Logits(LogitsArgs),
+    /// Evaluate the model on a task (lm-evaluation-harness prompts and metrics).
+    Eval(EvalArgs),
     /// Bring pinned offline assets (models, tokenizers, datasets) into $SCALPEL_HOME.
     Fetch(FetchArgs),
 }
@@ -85,6 +87,24 @@ struct LogitsArgs {
 }
 
 #[derive(Args)]
+struct EvalArgs {
+    /// Task id, as in lm-evaluation-harness: boolq, cb, copa, rte.
+    #[arg(long)]
+    task: String,
+    /// Evaluate the first N items in the dataset's own order.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Print {"task", "model", "n", "metrics", "items"} as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
 struct FetchArgs {
     /// Asset ids (see --list).
     names: Vec<String>,
@@ -101,6 +121,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => run_generate(a),
         Command::Logits(a) => run_logits(a),
+        Command::Eval(a) => run_eval(a),
         Command::Fetch(a) => run_fetch(a),
     };
     match result {
@@ -262,6 +283,53 @@ fn run_logits(a: LogitsArgs) -> Result<()> {
             let tok = format!("{:?}", model.tokenizer.decode(&[i as u32])?);
             writeln!(out, "{i:>8} {tok:<20} {:>10.4}", logits[i])?;
         }
+    }
+    Ok(())
+}
+
+fn run_eval(a: EvalArgs) -> Result<()> {
+    use scalpel::tasks::{eval::evaluate, super_glue, TaskId};
+    let id: TaskId = a.task.parse().context("--task")?;
+    let task = super_glue::load(id, a.limit)?;
+    let model = load(&a.model)?;
+    let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:30} {pos}/{len} requests  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(id.to_string());
+        b
+    });
+    let report = evaluate(&model, &task, a.batch_size, |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        let metrics: Vec<String> = report
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
+        writeln!(
+            out,
+            "{} on {}: n {}  {}",
+            report.task,
+            report.model,
+            report.n,
+            metrics.join("  ")
+        )?;
     }
     Ok(())
 }

@@ -38,6 +38,8 @@ pub enum ModelError {
     TooLong { len: usize, max: usize },
     #[error("model '{spec}': {message}")]
     Source { spec: String, message: String },
+    #[error("--device '{spec}': {message}")]
+    Device { spec: String, message: String },
     #[error(transparent)]
     Hook(#[from] HookError),
     #[error(transparent)]

@@ -24,7 +24,7 @@ pub struct LoadedModel {
 /// `cpu`, `cuda` or `cuda:N`; `auto` takes the first CUDA device when built with the
 /// `cuda` feature and one is present, else the CPU.
 pub fn device(spec: &str) -> Result<Device, ModelError> {
-    let bad = |m: String| ModelError::Source {
+    let bad = |m: String| ModelError::Device {
         spec: spec.to_string(),
         message: m,
     };
