@@ -14,7 +14,7 @@
 use candle_core::{DType, IndexOp, Tensor, D};
 
 use crate::model::generate::forward_batch;
-use crate::model::{Hooks, LoadedModel, ModelError};
+use crate::model::{Hooks, LoadedModel, LogitsAt, ModelError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoglikRequest {
@@ -98,49 +98,141 @@ pub fn loglikelihood(
     loglikelihood_tokens(model, &pairs, batch_size)
 }
 
+/// Score token pairs. Consecutive pairs with the same context (the choices of one
+/// multiple-choice item) share it: the context runs once into a KV cache and only the
+/// continuations run per choice. Other pairs are scored `batch_size` at a time.
 pub fn loglikelihood_tokens(
     model: &LoadedModel,
     pairs: &[EncodedPair],
     batch_size: usize,
 ) -> Result<Vec<LoglikResponse>, ModelError> {
+    if pairs
+        .iter()
+        .any(|p| p.continuation.is_empty() || p.context.is_empty())
+    {
+        return Err(ModelError::EmptyPrompt);
+    }
     let max_len = model.model.info().max_positions;
-    let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch_size.max(1)) {
-        let mut inputs = Vec::with_capacity(chunk.len());
-        let mut conts = Vec::with_capacity(chunk.len());
-        for p in chunk {
-            if p.continuation.is_empty() {
-                return Err(ModelError::EmptyPrompt);
-            }
-            let mut whole: Vec<u32> = p.context.iter().chain(&p.continuation).copied().collect();
-            if whole.len() > max_len + 1 {
-                whole.drain(..whole.len() - (max_len + 1));
-            }
-            whole.pop();
-            let n_cont = p.continuation.len().min(whole.len());
-            inputs.push(whole);
-            conts.push(&p.continuation[p.continuation.len() - n_cont..]);
+    let mut out: Vec<Option<LoglikResponse>> = vec![None; pairs.len()];
+    let mut plain = Vec::new();
+    let mut i = 0;
+    while i < pairs.len() {
+        let mut j = i + 1;
+        while j < pairs.len() && pairs[j].context == pairs[i].context {
+            j += 1;
         }
-        let batch = forward_batch(model.model.as_ref(), &inputs, pad, &Hooks::new())?;
-        for (i, cont) in conts.iter().enumerate() {
-            let len = batch.lens[i];
-            // Logits at positions len-n .. len predict the n continuation tokens.
-            let rows = batch
-                .logits
-                .i(i)?
-                .narrow(0, len - cont.len(), cont.len())?
-                .to_dtype(DType::F32)?;
-            let logp = candle_nn::ops::log_softmax(&rows, D::Minus1)?;
-            let targets = Tensor::new(*cont, logp.device())?.unsqueeze(1)?;
-            let picked = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
-            let greedy = rows.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            out.push(LoglikResponse {
-                logprob: picked.iter().map(|x| *x as f64).sum(),
-                is_greedy: greedy.iter().zip(cont.iter()).all(|(a, b)| a == b),
-                n_tokens: cont.len(),
-            });
+        let longest = pairs[i..j]
+            .iter()
+            .map(|p| p.continuation.len())
+            .max()
+            .unwrap_or(0);
+        if j - i > 1 && pairs[i].context.len() + longest <= max_len {
+            for (k, r) in score_shared_context(model, &pairs[i..j])?
+                .into_iter()
+                .enumerate()
+            {
+                out[i + k] = Some(r);
+            }
+        } else {
+            plain.extend(i..j);
+        }
+        i = j;
+    }
+    for chunk in plain.chunks(batch_size.max(1)) {
+        let group: Vec<&EncodedPair> = chunk.iter().map(|&k| &pairs[k]).collect();
+        for (&k, r) in chunk.iter().zip(score_batch(model, &group)?) {
+            out[k] = Some(r);
         }
     }
-    Ok(out)
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Pairs that share `pairs[0].context`: the context minus its last token fills a KV
+/// cache once; each choice then runs `[last context token] + continuation[..-1]`, whose
+/// logits are exactly the ones that predict the continuation.
+fn score_shared_context(
+    model: &LoadedModel,
+    pairs: &[EncodedPair],
+) -> Result<Vec<LoglikResponse>, ModelError> {
+    let m = model.model.as_ref();
+    let ctx = &pairs[0].context;
+    let (prefix, last) = ctx.split_at(ctx.len() - 1);
+    let mut kv = m.new_kv_cache();
+    if !prefix.is_empty() {
+        let ids = Tensor::new(prefix, m.device())?.unsqueeze(0)?;
+        m.forward_at(&ids, Some(&mut kv), &Hooks::new(), LogitsAt::Last)?;
+    }
+    let mut kv = kv.repeat_batch(pairs.len())?;
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let t_max = pairs
+        .iter()
+        .map(|p| p.continuation.len())
+        .max()
+        .unwrap_or(1);
+    let mut flat = Vec::with_capacity(pairs.len() * t_max);
+    for p in pairs {
+        let cont = &p.continuation;
+        flat.push(last[0]);
+        flat.extend_from_slice(&cont[..cont.len() - 1]);
+        // Right padding: under the causal mask no real position sees it.
+        flat.extend(std::iter::repeat_n(pad, t_max - cont.len()));
+    }
+    let ids = Tensor::from_vec(flat, (pairs.len(), t_max), m.device())?;
+    let logits = m.forward(&ids, Some(&mut kv), &Hooks::new())?.logits;
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let rows = logits.i(i)?.narrow(0, 0, p.continuation.len())?;
+            score_rows(&rows, &p.continuation)
+        })
+        .collect()
+}
+
+/// Pairs scored as whole sequences in one right-padded batch, truncated on the left to
+/// the model's window as the harness does.
+fn score_batch(
+    model: &LoadedModel,
+    pairs: &[&EncodedPair],
+) -> Result<Vec<LoglikResponse>, ModelError> {
+    let max_len = model.model.info().max_positions;
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let mut inputs = Vec::with_capacity(pairs.len());
+    let mut conts = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let mut whole: Vec<u32> = p.context.iter().chain(&p.continuation).copied().collect();
+        if whole.len() > max_len + 1 {
+            whole.drain(..whole.len() - (max_len + 1));
+        }
+        whole.pop();
+        let n_cont = p.continuation.len().min(whole.len());
+        inputs.push(whole);
+        conts.push(&p.continuation[p.continuation.len() - n_cont..]);
+    }
+    let batch = forward_batch(model.model.as_ref(), &inputs, pad, &Hooks::new())?;
+    conts
+        .iter()
+        .enumerate()
+        .map(|(i, cont)| {
+            let len = batch.lens[i];
+            // Logits at positions len-n .. len predict the n continuation tokens.
+            let rows = batch.logits.i(i)?.narrow(0, len - cont.len(), cont.len())?;
+            score_rows(&rows, cont)
+        })
+        .collect()
+}
+
+/// Summed log-probability of `cont` under `rows` `[n, vocab]`, and whether each token
+/// was the argmax.
+fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<LoglikResponse, ModelError> {
+    let rows = rows.to_dtype(DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&rows, D::Minus1)?;
+    let targets = Tensor::new(cont, logp.device())?.unsqueeze(1)?;
+    let picked = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+    let greedy = rows.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok(LoglikResponse {
+        logprob: picked.iter().map(|x| *x as f64).sum(),
+        is_greedy: greedy.iter().zip(cont).all(|(a, b)| a == b),
+        n_tokens: cont.len(),
+    })
 }
