@@ -31,18 +31,27 @@ pub fn forward_batch(
     if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
         return Err(ModelError::EmptyPrompt);
     }
+    let ids = pad_right(seqs, pad_id, model.device())?;
+    let out = model.forward(&ids, None, hooks)?;
+    Ok(BatchLogits {
+        logits: out.logits,
+        lens: seqs.iter().map(Vec::len).collect(),
+    })
+}
+
+/// Sequences as one `[b, t_max]` id tensor, each padded on the right with `pad_id`.
+pub fn pad_right(
+    seqs: &[Vec<u32>],
+    pad_id: u32,
+    dev: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
     let t_max = seqs.iter().map(Vec::len).max().unwrap_or(0);
     let mut flat = Vec::with_capacity(seqs.len() * t_max);
     for s in seqs {
         flat.extend_from_slice(s);
         flat.extend(std::iter::repeat_n(pad_id, t_max - s.len()));
     }
-    let ids = Tensor::from_vec(flat, (seqs.len(), t_max), model.device())?;
-    let out = model.forward(&ids, None, hooks)?;
-    Ok(BatchLogits {
-        logits: out.logits,
-        lens: seqs.iter().map(Vec::len).collect(),
-    })
+    Tensor::from_vec(flat, (seqs.len(), t_max), dev)
 }
 
 #[derive(Debug, Clone, PartialEq)]

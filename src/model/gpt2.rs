@@ -335,15 +335,7 @@ impl Transformer for Gpt2 {
         hooks: &Hooks,
         at: LogitsAt,
     ) -> Result<ForwardOutput, ModelError> {
-        hooks.validate(self.cfg.n_layers)?;
-        let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
-        let t = ids.dim(D::Minus1)?;
-        if offset + t > self.cfg.max_positions {
-            return Err(ModelError::TooLong {
-                len: offset + t,
-                max: self.cfg.max_positions,
-            });
-        }
+        super::check_call(&self.info, ids, kv.as_deref(), hooks)?;
         Ok(self.forward_inner(ids, kv, hooks, at)?)
     }
 

@@ -138,6 +138,25 @@ impl KvCache {
     }
 }
 
+/// What every architecture checks before a forward call: hooks name layers the model
+/// has, and the cached plus new positions fit its window.
+pub(crate) fn check_call(
+    info: &ModelInfo,
+    ids: &Tensor,
+    kv: Option<&KvCache>,
+    hooks: &Hooks,
+) -> Result<(), ModelError> {
+    hooks.validate(info.n_layers)?;
+    let len = kv.map_or(0, KvCache::len) + ids.dim(candle_core::D::Minus1)?;
+    if len > info.max_positions {
+        return Err(ModelError::TooLong {
+            len,
+            max: info.max_positions,
+        });
+    }
+    Ok(())
+}
+
 /// A causal language model with hook points.
 pub trait Transformer: Send + Sync {
     fn info(&self) -> &ModelInfo;

@@ -13,7 +13,7 @@
 
 use candle_core::{DType, IndexOp, Tensor, D};
 
-use crate::model::generate::forward_batch;
+use crate::model::generate::{forward_batch, pad_right};
 use crate::model::{Hooks, LoadedModel, LogitsAt, ModelError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,20 +164,18 @@ fn score_shared_context(
     }
     let mut kv = kv.repeat_batch(pairs.len())?;
     let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let t_max = pairs
+    let seqs: Vec<Vec<u32>> = pairs
         .iter()
-        .map(|p| p.continuation.len())
-        .max()
-        .unwrap_or(1);
-    let mut flat = Vec::with_capacity(pairs.len() * t_max);
-    for p in pairs {
-        let cont = &p.continuation;
-        flat.push(last[0]);
-        flat.extend_from_slice(&cont[..cont.len() - 1]);
-        // Right padding: under the causal mask no real position sees it.
-        flat.extend(std::iter::repeat_n(pad, t_max - cont.len()));
-    }
-    let ids = Tensor::from_vec(flat, (pairs.len(), t_max), m.device())?;
+        .map(|p| {
+            let cont = &p.continuation;
+            last.iter()
+                .chain(&cont[..cont.len() - 1])
+                .copied()
+                .collect()
+        })
+        .collect();
+    // Right padding: under the causal mask no real position sees it.
+    let ids = pad_right(&seqs, pad, m.device())?;
     let logits = m.forward(&ids, Some(&mut kv), &Hooks::new())?.logits;
     pairs
         .iter()
