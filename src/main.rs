@@ -88,12 +88,28 @@ struct LogitsArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// Task id, as in lm-evaluation-harness: boolq, cb, copa, rte.
+    /// Task id, lm-evaluation-harness's where one exists: boolq, cb, copa, rte, wic,
+    /// wsc, multirc, record, crows_pairs_english, stereoset_intrasentence, bbq,
+    /// winobias, realtoxicityprompts, lambada_openai, perplexity_lambada, perplexity_wiki.
     #[arg(long)]
     task: String,
-    /// Evaluate the first N items in the dataset's own order.
+    /// Evaluate the first N items (of the chosen split) in the dataset's own order.
     #[arg(long)]
     limit: Option<usize>,
+    /// all (what lm-evaluation-harness scores), fit (what tracing and breaker fitting
+    /// may see) or eval (what gates score); items are assigned by a hash of their content.
+    #[arg(long, default_value = "all")]
+    split: String,
+    /// Read the task's rows from this file instead of its default offline source.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Toxicity scorer for generation tasks: default (offline), perspective, or a
+    /// Hugging Face sequence classifier (hf:owner/name or a directory).
+    #[arg(long, default_value = "default")]
+    scorer: String,
+    /// Seed of the sampling streams of generation tasks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -288,27 +304,46 @@ fn run_logits(a: LogitsArgs) -> Result<()> {
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
-    use scalpel::tasks::{eval::evaluate, super_glue, TaskId};
+    use scalpel::tasks::{self, LoadOptions, RunContext, TaskId};
     let id: TaskId = a.task.parse().context("--task")?;
-    let task = super_glue::load(id, a.limit)?;
+    let split = a.split.parse().map_err(anyhow::Error::msg).context("--split")?;
+    if a.batch_size == 0 {
+        bail!("--batch-size: must be at least 1");
+    }
+    // The scorer and the data are checked before the model loads: a bad flag fails fast.
+    let scorer = match id.family() {
+        tasks::Family::Toxicity => Some(scalpel::toxicity::scorer_from_spec(&a.scorer).context("--scorer")?),
+        _ => None,
+    };
+    let opts = LoadOptions {
+        data: a.data.clone(),
+        split,
+        limit: a.limit,
+    };
+    let task = tasks::load(id, &opts)?;
     let model = load(&a.model)?;
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(0);
+        let b = indicatif::ProgressBar::new(task.len() as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
-                "{msg} {bar:30} {pos}/{len} requests  {per_sec}  ETA {eta}",
+                "{msg} {bar:30} {pos}/{len} items  {per_sec}  ETA {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.set_message(id.to_string());
         b
     });
-    let report = evaluate(&model, &task, a.batch_size, |done, total| {
+    let mut progress = |done: usize, total: usize| {
         if let Some(b) = &bar {
             b.set_length(total as u64);
             b.set_position(done as u64);
         }
-    })?;
+    };
+    let mut cx = RunContext::new(&model, &mut progress);
+    cx.batch_size = a.batch_size;
+    cx.seed = a.seed;
+    cx.scorer = scorer.as_deref();
+    let report = task.run(&mut cx)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -7,8 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use scalpel::tasks::eval::evaluate;
-use scalpel::tasks::{super_glue, TaskId};
+use scalpel::tasks::{super_glue, ItemScore, RunContext, Task, TaskId};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -44,7 +43,8 @@ fn fixture() -> Fixture {
 fn check(task: TaskId, limit: Option<usize>) {
     let fx = fixture();
     let want = &fx.tasks[task.name()];
-    let all = super_glue::load(task, Some(want.n)).unwrap();
+    let mut all = super_glue::load_from(task, &super_glue::data_path(task).unwrap()).unwrap();
+    all.items.truncate(want.n);
     assert_eq!(all.items.len(), want.n);
     for (got, w) in all.items.iter().zip(&want.items) {
         assert_eq!(got.idx, w.idx);
@@ -59,17 +59,27 @@ fn check(task: TaskId, limit: Option<usize>) {
     let mut data = all;
     data.items.truncate(limit.unwrap_or(want.n));
     let n = data.items.len();
-    let report = evaluate(common::smollm2(), &data, 8, |_, _| {}).unwrap();
+    let mut progress = |_, _| {};
+    let mut cx = RunContext::new(common::smollm2(), &mut progress);
+    let report = data.run(&mut cx).unwrap();
+    let items: Vec<_> = report
+        .items
+        .iter()
+        .map(|i| match i {
+            ItemScore::Choice(c) => c.clone(),
+            other => panic!("not a choice item: {other:?}"),
+        })
+        .collect();
     let mut agree = 0;
     let mut worst = 0f64;
-    for (got, w) in report.items.iter().zip(&want.items) {
+    for (got, w) in items.iter().zip(&want.items) {
         agree += usize::from(got.pred == w.pred);
         for (a, b) in got.loglikelihoods.iter().zip(&w.loglikelihoods) {
             worst = worst.max((a - b).abs());
         }
     }
     let want_correct = want.items[..n].iter().filter(|i| i.pred == i.label).count();
-    let got_correct = report.items.iter().filter(|i| i.pred == i.label).count();
+    let got_correct = items.iter().filter(|i| i.pred == i.label).count();
     eprintln!(
         "{task}: n {n}  acc ours {:.4} harness {:.4} (full-run harness acc {:.4})  predictions agree {agree}/{n}  worst |Δll| {worst:.2e}",
         got_correct as f64 / n as f64,
@@ -107,39 +117,29 @@ fn boolq_matches_the_harness() {
     check(TaskId::Boolq, Some(30));
 }
 
-/// A task's scores do not depend on how requests are batched (padding is invisible).
-#[test]
-fn scores_are_the_same_at_batch_size_1_and_16() {
-    let data = super_glue::load(TaskId::Rte, Some(12)).unwrap();
-    let a = evaluate(common::smollm2(), &data, 1, |_, _| {}).unwrap();
-    let b = evaluate(common::smollm2(), &data, 16, |_, _| {}).unwrap();
-    for (x, y) in a.items.iter().zip(&b.items) {
-        for (p, q) in x.loglikelihoods.iter().zip(&y.loglikelihoods) {
-            assert!((p - q).abs() < 1e-4, "item {}: {p} vs {q}", x.idx);
-        }
-    }
-}
-
 #[test]
 fn bad_rows_are_errors_naming_file_row_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("boolq.jsonl");
     std::fs::write(&p, "{\"question\": \"is it\", \"passage\": \"p\", \"answer\": \"True\"}\n{\"question\": \"is it\", \"passage\": \"p\", \"answer\": \"maybe\"}\n").unwrap();
-    let e = super_glue::load_from(TaskId::Boolq, &p, None)
-        .unwrap_err()
+    let e = super_glue::load_from(TaskId::Boolq, &p)
+        .err()
+        .unwrap()
         .to_string();
     assert!(
         e.contains("boolq.jsonl: row 1: field 'answer'") && e.contains("maybe"),
         "{e}"
     );
     std::fs::write(&p, "{\"question\": \"is it\", \"answer\": \"True\"}\n").unwrap();
-    let e = super_glue::load_from(TaskId::Boolq, &p, None)
-        .unwrap_err()
+    let e = super_glue::load_from(TaskId::Boolq, &p)
+        .err()
+        .unwrap()
         .to_string();
     assert!(e.contains("row 0: field 'passage': missing"), "{e}");
     std::fs::write(&p, "").unwrap();
-    let e = super_glue::load_from(TaskId::Boolq, &p, None)
-        .unwrap_err()
+    let e = super_glue::load_from(TaskId::Boolq, &p)
+        .err()
+        .unwrap()
         .to_string();
     assert!(e.contains("boolq.jsonl: no rows"), "{e}");
 }

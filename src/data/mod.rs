@@ -6,6 +6,7 @@
 
 pub mod arrow_ipc;
 pub mod jsonl;
+pub mod split;
 
 use std::path::{Path, PathBuf};
 

@@ -1,35 +1,75 @@
-//! Evaluation tasks. A task turns dataset rows into scoring requests and never touches
-//! the model; [`eval`] runs the requests and turns responses into per-item scores and
-//! metrics. Task ids are lm-evaluation-harness's, so results line up with its tables.
+//! Evaluation tasks. A task turns dataset rows into requests (log-likelihoods,
+//! generations, rolling perplexities), runs them through [`RunContext`]'s model, and
+//! returns per-item scores and aggregate metrics in a [`TaskReport`]. Task ids are
+//! lm-evaluation-harness's where one exists, so results line up with its tables.
+//!
+//! One module per family: [`super_glue`], [`bias`], [`rtp`] (RealToxicityPrompts),
+//! [`fluency`] (perplexity, LAMBADA). [`choice`] is the multiple-choice machinery they
+//! share; [`report`] the output types.
 
-pub mod eval;
+pub mod bias;
+pub mod choice;
+pub mod fluency;
+pub mod report;
+pub mod rtp;
 pub mod super_glue;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::data::split::{split_of, Split, DEFAULT_FIT_FRACTION};
 use crate::data::DataError;
+use crate::model::LoadedModel;
+use crate::toxicity::ToxicityScorer;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TaskId {
-    Boolq,
-    Cb,
-    Copa,
-    Rte,
+pub use choice::{ChoiceItem, ChoiceResult};
+pub use report::{ItemScore, TaskReport};
+
+macro_rules! task_ids {
+    ($($variant:ident => $name:literal, $family:ident;)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum TaskId { $($variant),* }
+
+        impl TaskId {
+            pub const ALL: &'static [TaskId] = &[$(TaskId::$variant),*];
+
+            pub fn name(self) -> &'static str {
+                match self { $(TaskId::$variant => $name),* }
+            }
+
+            pub fn family(self) -> Family {
+                match self { $(TaskId::$variant => Family::$family),* }
+            }
+        }
+    };
 }
 
-impl TaskId {
-    pub const ALL: [TaskId; 4] = [TaskId::Boolq, TaskId::Cb, TaskId::Copa, TaskId::Rte];
+task_ids! {
+    Boolq => "boolq", SuperGlue;
+    Cb => "cb", SuperGlue;
+    Copa => "copa", SuperGlue;
+    Rte => "rte", SuperGlue;
+    Wic => "wic", SuperGlue;
+    Wsc => "wsc", SuperGlue;
+    Multirc => "multirc", SuperGlue;
+    Record => "record", SuperGlue;
+    CrowsPairsEnglish => "crows_pairs_english", Bias;
+    StereosetIntrasentence => "stereoset_intrasentence", Bias;
+    Bbq => "bbq", Bias;
+    Winobias => "winobias", Bias;
+    Realtoxicityprompts => "realtoxicityprompts", Toxicity;
+    LambadaOpenai => "lambada_openai", Fluency;
+    PerplexityLambada => "perplexity_lambada", Fluency;
+    PerplexityWiki => "perplexity_wiki", Fluency;
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskId::Boolq => "boolq",
-            TaskId::Cb => "cb",
-            TaskId::Copa => "copa",
-            TaskId::Rte => "rte",
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    SuperGlue,
+    Bias,
+    Toxicity,
+    Fluency,
 }
 
 impl fmt::Display for TaskId {
@@ -39,37 +79,101 @@ impl fmt::Display for TaskId {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown task '{0}' (known: boolq, cb, copa, rte)")]
-pub struct UnknownTask(pub String);
+#[error("unknown task '{name}' (known: {known})")]
+pub struct UnknownTask {
+    pub name: String,
+    pub known: String,
+}
 
 impl FromStr for TaskId {
     type Err = UnknownTask;
     fn from_str(s: &str) -> Result<Self, UnknownTask> {
         TaskId::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|t| t.name() == s)
-            .ok_or_else(|| UnknownTask(s.to_string()))
+            .ok_or_else(|| UnknownTask {
+                name: s.to_string(),
+                known: TaskId::ALL
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 }
 
-/// One multiple-choice item: the model scores `context + continuation` for each choice
-/// and predicts the most likely one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChoiceItem {
-    /// Row index in the dataset's own order.
-    pub idx: usize,
-    pub context: String,
-    pub continuations: Vec<String>,
-    pub label: usize,
+/// Which items of a task to keep, by the hash of each item's key (see
+/// [`crate::data::split`]): tracing and breaker fitting see `Fit`, gates score `Eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SplitSel {
+    /// Every item (what lm-evaluation-harness scores; the default of `scalpel eval`).
+    #[default]
+    All,
+    Fit,
+    Eval,
 }
 
-/// A task's items, ready to score.
-#[derive(Debug, Clone)]
-pub struct ChoiceTask {
-    pub id: TaskId,
+impl FromStr for SplitSel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(SplitSel::All),
+            "fit" => Ok(SplitSel::Fit),
+            "eval" => Ok(SplitSel::Eval),
+            other => Err(format!("unknown split '{other}' (all, fit, eval)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Read the task's rows from this file (or dataset directory) instead of its
+    /// default source.
+    pub data: Option<PathBuf>,
+    pub split: SplitSel,
+    /// Keep the first N items (after the split) in the dataset's own order.
+    pub limit: Option<usize>,
+}
+
+/// What a task needs to run: the model, how wide to batch, where progress goes, and for
+/// generation tasks a toxicity scorer and a seed.
+pub struct RunContext<'a> {
+    pub model: &'a LoadedModel,
+    pub batch_size: usize,
+    /// `(done, total)` in the task's own units of work.
+    pub progress: &'a mut dyn FnMut(usize, usize),
+    pub scorer: Option<&'a dyn ToxicityScorer>,
+    pub seed: u64,
+}
+
+impl<'a> RunContext<'a> {
+    pub fn new(model: &'a LoadedModel, progress: &'a mut dyn FnMut(usize, usize)) -> Self {
+        RunContext {
+            model,
+            batch_size: 8,
+            progress,
+            scorer: None,
+            seed: 0,
+        }
+    }
+}
+
+/// One evaluation task, ready to run.
+pub trait Task: Send + Sync {
+    fn id(&self) -> TaskId;
     /// The data file the items came from.
-    pub source: PathBuf,
-    pub items: Vec<ChoiceItem>,
+    fn source(&self) -> &Path;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A stable identity of item `i` drawn from its content, so that the fit/eval split
+    /// does not move when a dataset is reordered and duplicates land on the same side.
+    fn item_key(&self, i: usize) -> String;
+    /// Keep only the items at positions `keep` (ascending).
+    fn retain(&mut self, keep: &[usize]);
+    fn run(&self, cx: &mut RunContext<'_>) -> Result<TaskReport, TaskError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +184,71 @@ pub enum TaskError {
     Data(#[from] DataError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
-    #[error("{task}: --limit 0 leaves nothing to evaluate")]
-    NoItems { task: TaskId },
+    #[error(transparent)]
+    Toxicity(#[from] crate::toxicity::ToxicityError),
+    #[error("{task}: no items to evaluate ({why})")]
+    NoItems { task: TaskId, why: String },
+    #[error("{task}: {message}")]
+    Invalid { task: TaskId, message: String },
+}
+
+/// Load task `id` with its default data (fetched offline on first use) or `opts.data`,
+/// then apply the split and the limit.
+pub fn load(id: TaskId, opts: &LoadOptions) -> Result<Box<dyn Task>, TaskError> {
+    if opts.limit == Some(0) {
+        return Err(TaskError::NoItems {
+            task: id,
+            why: "--limit 0".into(),
+        });
+    }
+    let data = opts.data.as_deref();
+    let mut task: Box<dyn Task> = match id.family() {
+        Family::SuperGlue => super_glue::load(id, data)?,
+        Family::Bias => bias::load(id, data)?,
+        Family::Toxicity => rtp::load(id, data)?,
+        Family::Fluency => fluency::load(id, data)?,
+    };
+    select(task.as_mut(), opts.split, opts.limit);
+    if task.is_empty() {
+        return Err(TaskError::NoItems {
+            task: id,
+            why: format!("the {:?} split of {} is empty", opts.split, task.source().display()),
+        });
+    }
+    Ok(task)
+}
+
+/// Positions of the items in `split`, then the first `limit` of them.
+pub fn select(task: &mut dyn Task, split: SplitSel, limit: Option<usize>) {
+    let want = match split {
+        SplitSel::All => None,
+        SplitSel::Fit => Some(Split::Fit),
+        SplitSel::Eval => Some(Split::Eval),
+    };
+    let name = task.id().name();
+    let mut keep: Vec<usize> = (0..task.len())
+        .filter(|&i| {
+            want.is_none_or(|w| split_of(name, &task.item_key(i), DEFAULT_FIT_FRACTION) == w)
+        })
+        .collect();
+    if let Some(l) = limit {
+        keep.truncate(l);
+    }
+    if keep.len() != task.len() {
+        task.retain(&keep);
+    }
+}
+
+/// Keep `items[keep]` in order (the shared body of [`Task::retain`]).
+pub(crate) fn retain_positions<T>(items: &mut Vec<T>, keep: &[usize]) {
+    let mut i = 0;
+    let mut k = keep.iter().peekable();
+    items.retain(|_| {
+        let hit = k.peek() == Some(&&i);
+        if hit {
+            k.next();
+        }
+        i += 1;
+        hit
+    });
 }

