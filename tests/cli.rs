@@ -243,3 +243,69 @@ fn fetch_is_idempotent_and_says_so() {
         .unwrap();
     assert_bad_input(&o, "no-such-asset");
 }
+
+#[test]
+fn eval_json_follows_the_contract_for_choice_and_other_tasks() {
+    let o = scalpel(&["eval", "--task", "copa", "--limit", "3", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["task"], "copa");
+    assert_eq!(v["n"], 3);
+    assert!(v["metrics"]["acc"].is_number());
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    let keys: Vec<&String> = items[0].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["idx", "label", "loglikelihoods", "pred"]);
+    assert_eq!(items[2]["loglikelihoods"].as_array().unwrap().len(), 2);
+
+    let o = scalpel(&[
+        "eval", "--task", "lambada_openai", "--limit", "2", "--split", "eval", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n"], 2);
+    assert!(v["metrics"]["perplexity"].as_f64().unwrap() > 1.0);
+    assert!(v["items"][1]["loglikelihood"].as_f64().unwrap() < 0.0);
+    assert!(v["items"][1]["is_greedy"].is_boolean());
+}
+
+#[test]
+fn eval_bad_input_names_the_flag_file_row_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| tmp.path().join(name).to_string_lossy().into_owned();
+    assert_bad_input(
+        &scalpel(&["eval", "--task", "superglue"]),
+        "unknown task 'superglue'",
+    );
+    assert_bad_input(
+        &scalpel(&["eval", "--task", "copa", "--split", "train"]),
+        "--split",
+    );
+    assert_bad_input(
+        &scalpel(&["eval", "--task", "copa", "--limit", "0"]),
+        "no items",
+    );
+    assert_bad_input(
+        &scalpel(&["eval", "--task", "rte", "--data", &t("absent.jsonl")]),
+        "absent.jsonl",
+    );
+    fs::write(t("empty.jsonl"), "").unwrap();
+    assert_bad_input(
+        &scalpel(&["eval", "--task", "rte", "--data", &t("empty.jsonl")]),
+        "empty.jsonl: no rows",
+    );
+    fs::write(
+        t("rte.jsonl"),
+        "{\"sentence1\": \"a\", \"sentence2\": \"b\", \"label\": 0}\n{\"sentence1\": \"a\", \"sentence2\": \"b\", \"label\": 7}\n",
+    )
+    .unwrap();
+    assert_bad_input(
+        &scalpel(&["eval", "--task", "rte", "--data", &t("rte.jsonl")]),
+        "rte.jsonl: row 1: field 'label': label 7 out of range",
+    );
+    fs::write(t("rtp.jsonl"), "{\"text\": \"You are\"}\n{\"prompt\": 3}\n").unwrap();
+    assert_bad_input(
+        &scalpel(&["eval", "--task", "realtoxicityprompts", "--data", &t("rtp.jsonl")]),
+        "rtp.jsonl: row 1: field 'text'",
+    );
+}
