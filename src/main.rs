@@ -35,6 +35,29 @@ enum Command {
     Eval(EvalArgs),
     /// Bring pinned offline assets (models, tokenizers, datasets) into $SCALPEL_HOME.
     Fetch(FetchArgs),
+    /// How well a toxicity scorer works: AUC on held-out labelled data and rank
+    /// correlation with the Perspective scores shipped with RealToxicityPrompts.
+    ScorerReport(ScorerReportArgs),
+}
+
+#[derive(Args)]
+struct ScorerReportArgs {
+    /// default (offline), perspective, hf:owner/name[@rev] or a classifier directory;
+    /// append #LABEL to pick the classifier's toxic class.
+    #[arg(long, default_value = "default")]
+    scorer: String,
+    /// eval (items no scorer may train on; the default) or all.
+    #[arg(long, default_value = "eval")]
+    split: String,
+    /// At most N items per dataset (per class for RTP vs LAMBADA).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Device of a neural classifier: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -139,6 +162,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => run_logits(a),
         Command::Eval(a) => run_eval(a),
         Command::Fetch(a) => run_fetch(a),
+        Command::ScorerReport(a) => run_scorer_report(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,7 +336,10 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     }
     // The scorer and the data are checked before the model loads: a bad flag fails fast.
     let scorer = match id.family() {
-        tasks::Family::Toxicity => Some(scalpel::toxicity::scorer_from_spec(&a.scorer).context("--scorer")?),
+        tasks::Family::Toxicity => Some(
+            scalpel::toxicity::scorer_from_spec_on(&a.scorer, &device(&a.model.device)?)
+                .context("--scorer")?,
+        ),
         _ => None,
     };
     let opts = LoadOptions {
@@ -381,6 +408,30 @@ fn last_position(t: &candle_core::Tensor, p: HookPoint) -> Result<Vec<f32>> {
         .flatten_all()?
         .to_dtype(candle_core::DType::F32)?
         .to_vec1::<f32>()?)
+}
+
+fn run_scorer_report(a: ScorerReportArgs) -> Result<()> {
+    use scalpel::toxicity::{report::ReportOptions, scorer_from_spec_on, scorer_report};
+    let opts = ReportOptions {
+        split: a.split.parse().context("--split")?,
+        limit: a.limit,
+        progress: !a.json && std::io::stderr().is_terminal(),
+        ..ReportOptions::default()
+    };
+    if a.limit == Some(0) {
+        bail!("--limit 0 leaves nothing to score");
+    }
+    let dev = device(&a.device)?;
+    let scorer = scorer_from_spec_on(&a.scorer, &dev).context("--scorer")?;
+    let report = scorer_report(scorer.as_ref(), &opts)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{report}")?;
+    }
+    Ok(())
 }
 
 fn run_fetch(a: FetchArgs) -> Result<()> {

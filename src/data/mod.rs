@@ -1,12 +1,22 @@
-//! Dataset rows from the formats users have, as one row type ([`Doc`]): Hugging Face
-//! Arrow stream files (what `datasets.save_to_disk` writes), jsonl and jsonl.gz.
+//! Dataset rows from the formats users have, as one row type ([`Doc`]): parquet (the
+//! Hugging Face hub's format, see [`hf_layout`]), Arrow stream files (what
+//! `datasets.save_to_disk` writes), jsonl, jsonl.gz, csv and plain text.
+//!
+//! Every other format is converted once into a canonical parquet file ([`cache`]), so
+//! every run reads the same typed rows.
 //!
 //! Every error names the file, and the row and field where there is one, so a bad
 //! dataset is fixed in one look rather than debugged.
 
 pub mod arrow_ipc;
+pub mod arrow_rows;
+pub mod cache;
+pub mod csv;
+pub mod hf_layout;
 pub mod jsonl;
+pub mod parquet;
 pub mod split;
+pub mod txt;
 
 use std::path::{Path, PathBuf};
 
@@ -51,23 +61,87 @@ pub enum DataError {
     Asset(#[from] crate::assets::AssetError),
 }
 
+/// A source format, from the file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Parquet,
+    Arrow,
+    Jsonl,
+    JsonlGz,
+    Csv,
+    Txt,
+}
+
+impl Format {
+    const ALL: [Format; 6] = [
+        Format::Parquet,
+        Format::Arrow,
+        Format::JsonlGz,
+        Format::Jsonl,
+        Format::Csv,
+        Format::Txt,
+    ];
+
+    pub fn of(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_str()?;
+        Self::ALL
+            .into_iter()
+            .find(|f| name.ends_with(&format!(".{}", f.extension())))
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Arrow => "arrow",
+            Format::Jsonl => "jsonl",
+            Format::JsonlGz => "jsonl.gz",
+            Format::Csv => "csv",
+            Format::Txt => "txt",
+        }
+    }
+
+    /// The rows of `path`, read directly (no cache).
+    pub fn read_rows(self, path: &Path) -> Result<Vec<Doc>, DataError> {
+        match self {
+            Format::Parquet => parquet::read(path),
+            Format::Arrow => arrow_ipc::read_stream(path),
+            Format::Jsonl | Format::JsonlGz => jsonl::read(path),
+            Format::Csv => csv::read(path),
+            Format::Txt => txt::read(path),
+        }
+    }
+}
+
 impl Table {
-    /// Read `path` by its extension: `.arrow`, `.jsonl`, `.jsonl.gz`.
+    /// Read `path` by its extension: `.parquet`, `.arrow`, `.jsonl`, `.jsonl.gz`, `.csv`,
+    /// `.txt`. Other than parquet, sources go through the canonical parquet cache in
+    /// `$SCALPEL_HOME/data` unless `SCALPEL_DATA_CACHE=off` (see [`cache`]).
     pub fn read(path: &Path) -> Result<Table, DataError> {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let rows = if name.ends_with(".arrow") {
-            arrow_ipc::read_stream(path)?
-        } else if name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") {
-            jsonl::read(path)?
-        } else {
-            return Err(DataError::Format {
-                path: path.to_path_buf(),
-                message: "unknown data format (expected .arrow, .jsonl or .jsonl.gz)".into(),
-            });
+        Self::read_with_cache(path, cache::dir_from_env().as_deref())
+    }
+
+    /// Read `path` directly, without the cache.
+    pub fn read_uncached(path: &Path) -> Result<Table, DataError> {
+        Self::read_with_cache(path, None)
+    }
+
+    /// Read `path`, through the cache in `cache_dir` when given.
+    pub fn read_with_cache(path: &Path, cache_dir: Option<&Path>) -> Result<Table, DataError> {
+        let format = Format::of(path).ok_or_else(|| DataError::Format {
+            path: path.to_path_buf(),
+            message:
+                "unknown data format (expected .parquet, .arrow, .jsonl, .jsonl.gz, .csv or .txt)"
+                    .into(),
+        })?;
+        let rows = match cache_dir {
+            Some(dir) if format != Format::Parquet => cache::read_through(path, format, dir)?,
+            _ => format.read_rows(path)?,
         };
+        Self::new(path, rows)
+    }
+
+    /// A table of `rows` named `path` in errors; no rows is [`DataError::Empty`].
+    pub fn new(path: &Path, rows: Vec<Doc>) -> Result<Table, DataError> {
         if rows.is_empty() {
             return Err(DataError::Empty {
                 path: path.to_path_buf(),
@@ -87,11 +161,19 @@ impl Table {
         }
     }
 
-    /// An integer field of row `row`.
+    /// An integer field of row `row`. Integral floats count: pandas and Arrow type a
+    /// column of ints with a missing value as float64, so labels arrive as `1.0`.
     pub fn int(&self, row: usize, field: &str) -> Result<i64, DataError> {
-        match self.get(row, field)? {
-            Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
-            other => Err(self.field_err(row, field, format!("expected an integer, found {other}"))),
+        let v = self.get(row, field)?;
+        if let Some(i) = v.as_i64() {
+            return Ok(i);
+        }
+        match v.as_f64() {
+            // 2^63 itself is not an i64, hence the strict bound.
+            Some(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => {
+                Ok(f as i64)
+            }
+            _ => Err(self.field_err(row, field, format!("expected an integer, found {v}"))),
         }
     }
 

@@ -76,7 +76,10 @@ impl ItemScore {
                 m.insert("acc", b(x.correct()));
             }
             ItemScore::Winobias(x) => {
-                m.insert("acc", b(x.correct()));
+                m.insert("acc_pro", b(x.correct_pro()));
+                m.insert("acc_anti", b(x.correct_anti()));
+                m.insert("gap", b(x.correct_pro()) - b(x.correct_anti()));
+                m.insert("pct_stereotype", b(x.stereotype_preferred));
             }
             ItemScore::Rtp(x) => {
                 m.insert("max_toxicity", x.max_toxicity);
