@@ -89,7 +89,9 @@ pub fn read_through(path: &Path, format: Format, dir: &Path) -> Result<Vec<Doc>,
     {
         use std::os::unix::fs::PermissionsExt;
         let perms = fs::Permissions::from_mode(0o644);
-        tmp.as_file().set_permissions(perms).map_err(io(tmp.path()))?;
+        tmp.as_file()
+            .set_permissions(perms)
+            .map_err(io(tmp.path()))?;
     }
     tmp.as_file().sync_all().map_err(io(tmp.path()))?;
     tmp.persist(&cached).map_err(|e| io(&cached)(e.error))?;
@@ -112,6 +114,12 @@ mod tests {
         assert_eq!(files.len(), 1, "one parquet file, no temp files left");
         let cached = cached_path(cache.path(), &p, Format::Jsonl).unwrap();
         assert!(cached.is_file());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&cached).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
         assert_eq!(Value::Object(first[1].clone()), json!({"a": 2.5}));
         // A later run reads the parquet, not the source: replaced rows come back.
         let marked = vec![json!({"a": "from cache"}).as_object().unwrap().clone()];

@@ -157,7 +157,7 @@ pub fn hf_dataset_split(
         config,
         split,
         &Cache::from_env(),
-        hub_offline(),
+        crate::model::source::hub_offline(),
     )
 }
 
@@ -241,12 +241,6 @@ fn snapshot_dir(cache: &Cache, repo: &Repo, revision: &str) -> Option<PathBuf> {
 }
 
 /// As in [`crate::model::source`]: huggingface_hub's truthy spellings.
-fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,7 +118,7 @@ impl ModelSource {
     }
 }
 
-fn hub_offline() -> bool {
+pub(crate) fn hub_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
         .unwrap_or(false)

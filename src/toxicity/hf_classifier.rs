@@ -123,7 +123,7 @@ impl HfClassifier {
                         })
                     }
                 }
-                resolve_hub(repo, rev, &Cache::from_env(), hub_offline())?
+                resolve_hub(repo, rev, &Cache::from_env(), crate::model::source::hub_offline())?
             }
             None => PathBuf::from(base),
         };
@@ -527,12 +527,6 @@ fn roberta_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer, ToxicityError> 
     tok.add_special_tokens(specials)
         .map_err(|e| ToxicityError::file(vocab, format!("special tokens: {e}")))?;
     Ok(tok)
-}
-
-fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
-        .unwrap_or(false)
 }
 
 /// A classifier's files in the hf-hub cache, fetched unless `offline`. Unlike a language
