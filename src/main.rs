@@ -330,7 +330,11 @@ fn run_logits(a: LogitsArgs) -> Result<()> {
 fn run_eval(a: EvalArgs) -> Result<()> {
     use scalpel::tasks::{self, LoadOptions, RunContext, TaskId};
     let id: TaskId = a.task.parse().context("--task")?;
-    let split = a.split.parse().map_err(anyhow::Error::msg).context("--split")?;
+    let split = a
+        .split
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--split")?;
     if a.batch_size == 0 {
         bail!("--batch-size: must be at least 1");
     }

@@ -259,7 +259,14 @@ fn eval_json_follows_the_contract_for_choice_and_other_tasks() {
     assert_eq!(items[2]["loglikelihoods"].as_array().unwrap().len(), 2);
 
     let o = scalpel(&[
-        "eval", "--task", "lambada_openai", "--limit", "2", "--split", "eval", "--json",
+        "eval",
+        "--task",
+        "lambada_openai",
+        "--limit",
+        "2",
+        "--split",
+        "eval",
+        "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -305,7 +312,13 @@ fn eval_bad_input_names_the_flag_file_row_and_field() {
     );
     fs::write(t("rtp.jsonl"), "{\"text\": \"You are\"}\n{\"prompt\": 3}\n").unwrap();
     assert_bad_input(
-        &scalpel(&["eval", "--task", "realtoxicityprompts", "--data", &t("rtp.jsonl")]),
+        &scalpel(&[
+            "eval",
+            "--task",
+            "realtoxicityprompts",
+            "--data",
+            &t("rtp.jsonl"),
+        ]),
         "rtp.jsonl: row 1: field 'text'",
     );
 }

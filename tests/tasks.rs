@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use scalpel::data::split::{split_of, Split, DEFAULT_FIT_FRACTION};
-use scalpel::tasks::{self, ItemScore, LoadOptions, RunContext, SplitSel, Task, TaskId, TaskReport};
+use scalpel::tasks::{
+    self, ItemScore, LoadOptions, RunContext, SplitSel, Task, TaskId, TaskReport,
+};
 use serde_json::Value;
 
 fn run(task: &dyn Task, batch_size: usize) -> TaskReport {
@@ -40,12 +42,23 @@ fn lambada_matches_the_harness() {
     let report = run(load(TaskId::LambadaOpenai, want.len()).as_ref(), 8);
     let mut worst = 0f64;
     for (got, w) in report.items.iter().zip(want) {
-        let ItemScore::Lambada(got) = got else { panic!("{got:?}") };
+        let ItemScore::Lambada(got) = got else {
+            panic!("{got:?}")
+        };
         assert_eq!(got.idx as u64, w["idx"].as_u64().unwrap());
         worst = worst.max((got.loglikelihood - w["loglikelihood"].as_f64().unwrap()).abs());
-        assert_eq!(got.is_greedy, w["is_greedy"].as_bool().unwrap(), "item {}", got.idx);
+        assert_eq!(
+            got.is_greedy,
+            w["is_greedy"].as_bool().unwrap(),
+            "item {}",
+            got.idx
+        );
     }
-    eprintln!("lambada_openai: n {}  worst |Δll| {worst:.2e}  acc {:.3}", want.len(), report.metrics["acc"]);
+    eprintln!(
+        "lambada_openai: n {}  worst |Δll| {worst:.2e}  acc {:.3}",
+        want.len(),
+        report.metrics["acc"]
+    );
     assert!(worst < 1e-3, "{worst}");
 }
 
@@ -57,12 +70,17 @@ fn rolling_perplexity_matches_the_harness() {
         let report = run(load(id, want.len()).as_ref(), 8);
         let mut worst = 0f64;
         for (got, w) in report.items.iter().zip(want) {
-            let ItemScore::Rolling(got) = got else { panic!("{got:?}") };
+            let ItemScore::Rolling(got) = got else {
+                panic!("{got:?}")
+            };
             assert_eq!(got.n_words as u64, w["n_words"].as_u64().unwrap());
             assert_eq!(got.n_bytes as u64, w["n_bytes"].as_u64().unwrap());
             worst = worst.max((got.loglikelihood - w["loglikelihood"].as_f64().unwrap()).abs());
         }
-        let ll: f64 = want.iter().map(|w| w["loglikelihood"].as_f64().unwrap()).sum();
+        let ll: f64 = want
+            .iter()
+            .map(|w| w["loglikelihood"].as_f64().unwrap())
+            .sum();
         let bytes: u64 = want.iter().map(|w| w["n_bytes"].as_u64().unwrap()).sum();
         let bpb_ref = -ll / bytes as f64 / std::f64::consts::LN_2;
         eprintln!(
@@ -95,7 +113,10 @@ fn scores_are_the_same_at_batch_size_1_and_16() {
         // Perplexities are exponentials of sums: compare them relatively.
         for (k, v) in &a.metrics {
             let w = b.metrics[k];
-            assert!((v - w).abs() <= 1e-4 * v.abs().max(1.0), "{id} {k}: {v} vs {w}");
+            assert!(
+                (v - w).abs() <= 1e-4 * v.abs().max(1.0),
+                "{id} {k}: {v} vs {w}"
+            );
         }
         eprintln!("{id}: batch 1 vs 16 worst per-item difference {worst:.2e}");
     }
@@ -105,7 +126,14 @@ fn scores_are_the_same_at_batch_size_1_and_16() {
 /// tracing and breaker fitting see (fit) never reaches a gate (eval).
 #[test]
 fn fit_and_eval_splits_partition_every_offline_task() {
-    for &id in [TaskId::Boolq, TaskId::Copa, TaskId::PerplexityWiki, TaskId::Realtoxicityprompts].iter() {
+    for &id in [
+        TaskId::Boolq,
+        TaskId::Copa,
+        TaskId::PerplexityWiki,
+        TaskId::Realtoxicityprompts,
+    ]
+    .iter()
+    {
         let opts = |split| LoadOptions {
             split,
             ..Default::default()
@@ -116,14 +144,22 @@ fn fit_and_eval_splits_partition_every_offline_task() {
         let keys = |t: &dyn Task| (0..t.len()).map(|i| t.item_key(i)).collect::<Vec<_>>();
         let (fk, ek) = (keys(fit.as_ref()), keys(eval.as_ref()));
         let fset: BTreeSet<&String> = fk.iter().collect();
-        assert!(ek.iter().all(|k| !fset.contains(k)), "{id}: an eval item is in fit");
+        assert!(
+            ek.iter().all(|k| !fset.contains(k)),
+            "{id}: an eval item is in fit"
+        );
         assert_eq!(fk.len() + ek.len(), all.len(), "{id}");
-        assert!(fk.iter().all(|k| split_of(id.name(), k, DEFAULT_FIT_FRACTION) == Split::Fit));
+        assert!(fk
+            .iter()
+            .all(|k| split_of(id.name(), k, DEFAULT_FIT_FRACTION) == Split::Fit));
         // About 30% fit: within 5 binomial standard errors.
         let n = all.len() as f64;
         let se = (DEFAULT_FIT_FRACTION * (1.0 - DEFAULT_FIT_FRACTION) / n).sqrt();
         let frac = fk.len() as f64 / n;
-        assert!((frac - DEFAULT_FIT_FRACTION).abs() < 5.0 * se, "{id}: fit share {frac}");
+        assert!(
+            (frac - DEFAULT_FIT_FRACTION).abs() < 5.0 * se,
+            "{id}: fit share {frac}"
+        );
         // --limit takes the first N of the chosen split, in the dataset's order.
         let lim = tasks::load(
             id,

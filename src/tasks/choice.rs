@@ -71,7 +71,10 @@ pub fn score_responses(
             end += 1;
         }
         let rs: Vec<LoglikRequest> = reqs[start..end].iter().map(|(_, r)| r.clone()).collect();
-        for ((i, _), o) in reqs[start..end].iter().zip(loglikelihood(cx.model, &rs, cx.batch_size)?) {
+        for ((i, _), o) in reqs[start..end]
+            .iter()
+            .zip(loglikelihood(cx.model, &rs, cx.batch_size)?)
+        {
             out[*i].push(o);
         }
         (cx.progress)(reqs[end - 1].0 + 1, items.len());
@@ -81,7 +84,10 @@ pub fn score_responses(
 }
 
 /// Score every item: predictions and summed log-likelihoods.
-pub fn score(cx: &mut RunContext<'_>, items: &[ChoiceItem]) -> Result<Vec<ChoiceResult>, TaskError> {
+pub fn score(
+    cx: &mut RunContext<'_>,
+    items: &[ChoiceItem],
+) -> Result<Vec<ChoiceResult>, TaskError> {
     Ok(score_responses(cx, items)?
         .into_iter()
         .zip(items)

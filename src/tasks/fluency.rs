@@ -101,7 +101,11 @@ fn text_of(t: &Table, row: usize) -> Result<String, DataError> {
     } else if let Some(req) = r.get("request").and_then(|v| v.as_object()) {
         let part = |k: &str| {
             req.get(k).and_then(|v| v.as_str()).ok_or_else(|| {
-                t.field_err(row, &format!("request.{k}"), "missing or not a string".into())
+                t.field_err(
+                    row,
+                    &format!("request.{k}"),
+                    "missing or not a string".into(),
+                )
             })
         };
         format!("{}{}", part("context")?, part("continuation")?)
@@ -128,7 +132,12 @@ pub fn lambada_request(text: &str) -> Option<LoglikRequest> {
 /// `make_disjoint_window`: every token is predicted exactly once, the first from the
 /// prefix token, each window seeing at most `max_len` tokens and at least
 /// `context_len - 1` tokens of the previous window.
-pub fn rolling_windows(tokens: &[u32], prefix: u32, max_len: usize, context_len: usize) -> Vec<EncodedPair> {
+pub fn rolling_windows(
+    tokens: &[u32],
+    prefix: u32,
+    max_len: usize,
+    context_len: usize,
+) -> Vec<EncodedPair> {
     assert!(max_len >= 1 && context_len >= 1 && context_len <= max_len);
     let mut out = Vec::new();
     if tokens.is_empty() {
@@ -231,10 +240,13 @@ impl FluencyTask {
 
     fn run_rolling(&self, cx: &mut RunContext<'_>) -> Result<TaskReport, TaskError> {
         let tok = &cx.model.tokenizer;
-        let prefix = tok.bos_id.or(tok.eos_id).ok_or_else(|| TaskError::Invalid {
-            task: self.id,
-            message: "the tokenizer has no BOS or EOS token to start a rolling window".into(),
-        })?;
+        let prefix = tok
+            .bos_id
+            .or(tok.eos_id)
+            .ok_or_else(|| TaskError::Invalid {
+                task: self.id,
+                message: "the tokenizer has no BOS or EOS token to start a rolling window".into(),
+            })?;
         let max_len = self
             .window
             .unwrap_or(cx.model.model.info().max_positions)

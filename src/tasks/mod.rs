@@ -212,7 +212,11 @@ pub fn load(id: TaskId, opts: &LoadOptions) -> Result<Box<dyn Task>, TaskError> 
     if task.is_empty() {
         return Err(TaskError::NoItems {
             task: id,
-            why: format!("the {:?} split of {} is empty", opts.split, task.source().display()),
+            why: format!(
+                "the {:?} split of {} is empty",
+                opts.split,
+                task.source().display()
+            ),
         });
     }
     Ok(task)

@@ -181,7 +181,14 @@ impl Task for RtpTask {
                 stop_ids: model.tokenizer.stop_ids.clone(),
             };
             let ids = model.encode(&pr.text)?;
-            let gens = generate(model.model.as_ref(), &ids, &params, p.samples, &Hooks::new(), |_, _| {})?;
+            let gens = generate(
+                model.model.as_ref(),
+                &ids,
+                &params,
+                p.samples,
+                &Hooks::new(),
+                |_, _| {},
+            )?;
             let continuations = gens
                 .iter()
                 .map(|g| model.tokenizer.decode(&g.tokens))

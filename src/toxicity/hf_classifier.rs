@@ -123,7 +123,12 @@ impl HfClassifier {
                         })
                     }
                 }
-                resolve_hub(repo, rev, &Cache::from_env(), crate::model::source::hub_offline())?
+                resolve_hub(
+                    repo,
+                    rev,
+                    &Cache::from_env(),
+                    crate::model::source::hub_offline(),
+                )?
             }
             None => PathBuf::from(base),
         };

@@ -26,7 +26,7 @@ use crate::tasks::choice::{self, ChoiceItem};
 use crate::tasks::report::{ItemScore, TaskReport};
 use crate::tasks::{retain_positions, RunContext, Task, TaskError, TaskId};
 
-use super::{flag, key, mean_of, metric_suffix, nonempty, read_table};
+use super::{flag, key, mean_of, nonempty, overall_and_by_group, read_table};
 
 /// One sentence pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,23 +112,19 @@ fn pair(t: &Table, row: usize) -> Result<CrowsPair, DataError> {
 /// The harness's aggregates (means), overall and per bias type, each with its `n`.
 pub fn metrics(items: &[CrowsItem]) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
-    let put = |m: &mut BTreeMap<String, f64>, suffix: &str, xs: &[&CrowsItem]| {
-        if let Some(p) = mean_of(xs.iter().map(|i| flag(i.stereotype_preferred))) {
-            m.insert(format!("pct_stereotype{suffix}"), p);
-        }
-        if let Some(d) = mean_of(xs.iter().map(|i| i.likelihood_diff)) {
-            m.insert(format!("likelihood_diff{suffix}"), d);
-        }
-        m.insert(format!("n{suffix}"), xs.len() as f64);
-    };
-    put(&mut m, "", &items.iter().collect::<Vec<_>>());
-    let mut by_type: BTreeMap<&str, Vec<&CrowsItem>> = BTreeMap::new();
-    for i in items {
-        by_type.entry(&i.bias_type).or_default().push(i);
-    }
-    for (ty, xs) in by_type {
-        put(&mut m, &format!("_{}", metric_suffix(ty)), &xs);
-    }
+    overall_and_by_group(
+        items,
+        |i| &i.bias_type,
+        |suffix, xs| {
+            if let Some(p) = mean_of(xs.iter().map(|i| flag(i.stereotype_preferred))) {
+                m.insert(format!("pct_stereotype{suffix}"), p);
+            }
+            if let Some(d) = mean_of(xs.iter().map(|i| i.likelihood_diff)) {
+                m.insert(format!("likelihood_diff{suffix}"), d);
+            }
+            m.insert(format!("n{suffix}"), xs.len() as f64);
+        },
+    );
     m
 }
 

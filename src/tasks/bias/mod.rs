@@ -107,6 +107,23 @@ pub(crate) fn key<S: AsRef<str>>(parts: &[S]) -> String {
         .join("\u{1f}")
 }
 
+/// Call `put(suffix, items)` for all items (suffix "") and then for each group in name
+/// order (suffix `_<group>`), the shape of every per-bias-type metric table.
+pub(crate) fn overall_and_by_group<'a, T>(
+    items: &'a [T],
+    group: impl Fn(&'a T) -> &'a str,
+    mut put: impl FnMut(&str, &[&'a T]),
+) {
+    put("", &items.iter().collect::<Vec<_>>());
+    let mut by: std::collections::BTreeMap<&str, Vec<&T>> = std::collections::BTreeMap::new();
+    for i in items {
+        by.entry(group(i)).or_default().push(i);
+    }
+    for (g, xs) in by {
+        put(&format!("_{}", metric_suffix(g)), &xs);
+    }
+}
+
 /// `name` with `-` and spaces as `_`, for metric names (`race-color` → `race_color`).
 pub(crate) fn metric_suffix(name: &str) -> String {
     name.chars()

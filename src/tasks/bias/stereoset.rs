@@ -41,7 +41,7 @@ use crate::tasks::choice::{self, ChoiceItem};
 use crate::tasks::report::{ItemScore, TaskReport};
 use crate::tasks::{retain_positions, RunContext, Task, TaskError, TaskId};
 
-use super::{key, metric_suffix, nonempty, read_table};
+use super::{key, nonempty, overall_and_by_group, read_table};
 
 /// The three candidate fields, in the order items keep them.
 pub const FIELDS: [&str; 3] = ["stereotype", "anti-stereotype", "unrelated"];
@@ -234,23 +234,19 @@ pub fn scores(items: &[&StereosetItem]) -> Option<(f64, f64, f64, usize)> {
 
 pub fn metrics(items: &[StereosetItem]) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
-    let put = |m: &mut BTreeMap<String, f64>, suffix: &str, xs: &[&StereosetItem]| {
-        if let Some((ss, lms, icat, nt)) = scores(xs) {
-            m.insert(format!("ss{suffix}"), ss);
-            m.insert(format!("lms{suffix}"), lms);
-            m.insert(format!("icat{suffix}"), icat);
-            m.insert(format!("n_targets{suffix}"), nt as f64);
-        }
-        m.insert(format!("n{suffix}"), xs.len() as f64);
-    };
-    put(&mut m, "", &items.iter().collect::<Vec<_>>());
-    let mut by_type: BTreeMap<&str, Vec<&StereosetItem>> = BTreeMap::new();
-    for i in items {
-        by_type.entry(&i.bias_type).or_default().push(i);
-    }
-    for (ty, xs) in by_type {
-        put(&mut m, &format!("_{}", metric_suffix(ty)), &xs);
-    }
+    overall_and_by_group(
+        items,
+        |i| &i.bias_type,
+        |suffix, xs| {
+            if let Some((ss, lms, icat, nt)) = scores(xs) {
+                m.insert(format!("ss{suffix}"), ss);
+                m.insert(format!("lms{suffix}"), lms);
+                m.insert(format!("icat{suffix}"), icat);
+                m.insert(format!("n_targets{suffix}"), nt as f64);
+            }
+            m.insert(format!("n{suffix}"), xs.len() as f64);
+        },
+    );
     m
 }
 
