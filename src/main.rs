@@ -113,7 +113,8 @@ struct LogitsArgs {
 struct EvalArgs {
     /// Task id, lm-evaluation-harness's where one exists: boolq, cb, copa, rte, wic,
     /// wsc, multirc, record, crows_pairs_english, stereoset_intrasentence, bbq,
-    /// winobias, realtoxicityprompts, lambada_openai, perplexity_lambada, perplexity_wiki.
+    /// winobias, realtoxicityprompts, bold, lambada_openai, perplexity_lambada,
+    /// perplexity_wiki.
     #[arg(long)]
     task: String,
     /// Evaluate the first N items (of the chosen split) in the dataset's own order.
@@ -133,6 +134,18 @@ struct EvalArgs {
     /// Seed of the sampling streams of generation tasks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Generation tasks: continuations per prompt (realtoxicityprompts 25, bold 5).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Generation tasks: tokens per continuation (default 20).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Generation tasks: nucleus sampling mass (default 0.9).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Generation tasks: sampling temperature (default 1).
+    #[arg(long)]
+    temperature: Option<f64>,
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -350,6 +363,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         data: a.data.clone(),
         split,
         limit: a.limit,
+        generation: tasks::GenerationOptions {
+            samples: a.samples,
+            max_new_tokens: a.max_new_tokens,
+            top_p: a.top_p,
+            temperature: a.temperature,
+        },
     };
     let task = tasks::load(id, &opts)?;
     let model = load(&a.model)?;

@@ -4,14 +4,17 @@
 //! lm-evaluation-harness's where one exists, so results line up with its tables.
 //!
 //! One module per family: [`super_glue`], [`bias`], [`rtp`] (RealToxicityPrompts),
-//! [`fluency`] (perplexity, LAMBADA). [`choice`] is the multiple-choice machinery they
-//! share; [`report`] the output types.
+//! [`bold`], [`fluency`] (perplexity, LAMBADA). [`choice`] is the multiple-choice
+//! machinery they share, [`sampling`] the sampled-and-scored continuations of the
+//! toxicity tasks; [`report`] the output types.
 
 pub mod bias;
+pub mod bold;
 pub mod choice;
 pub mod fluency;
 pub mod report;
 pub mod rtp;
+pub mod sampling;
 pub mod super_glue;
 
 use std::fmt;
@@ -25,6 +28,7 @@ use crate::toxicity::ToxicityScorer;
 
 pub use choice::{ChoiceItem, ChoiceResult};
 pub use report::{ItemScore, TaskReport};
+pub use sampling::Protocol;
 
 macro_rules! task_ids {
     ($($variant:ident => $name:literal, $family:ident;)*) => {
@@ -59,6 +63,7 @@ task_ids! {
     Bbq => "bbq", Bias;
     Winobias => "winobias", Bias;
     Realtoxicityprompts => "realtoxicityprompts", Toxicity;
+    Bold => "bold", Toxicity;
     LambadaOpenai => "lambada_openai", Fluency;
     PerplexityLambada => "perplexity_lambada", Fluency;
     PerplexityWiki => "perplexity_wiki", Fluency;
@@ -134,6 +139,23 @@ pub struct LoadOptions {
     pub split: SplitSel,
     /// Keep the first N items (after the split) in the dataset's own order.
     pub limit: Option<usize>,
+    /// Changes to a generation task's sampling protocol (an error for other tasks).
+    pub generation: GenerationOptions,
+}
+
+/// Overrides of a generation task's [`Protocol`]; unset fields keep the task's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationOptions {
+    pub samples: Option<usize>,
+    pub max_new_tokens: Option<usize>,
+    pub top_p: Option<f64>,
+    pub temperature: Option<f64>,
+}
+
+impl GenerationOptions {
+    pub fn is_empty(&self) -> bool {
+        *self == GenerationOptions::default()
+    }
 }
 
 /// What a task needs to run: the model, how wide to batch, where progress goes, and for
@@ -173,6 +195,14 @@ pub trait Task: Send + Sync {
     fn item_key(&self, i: usize) -> String;
     /// Keep only the items at positions `keep` (ascending).
     fn retain(&mut self, keep: &[usize]);
+    /// The sampling protocol of a generation task; `None` for scoring tasks.
+    fn protocol(&self) -> Option<&Protocol> {
+        None
+    }
+    /// Replace a generation task's protocol; `false` (and no change) for other tasks.
+    fn set_protocol(&mut self, _p: Protocol) -> bool {
+        false
+    }
     fn run(&self, cx: &mut RunContext<'_>) -> Result<TaskReport, TaskError>;
 }
 
@@ -205,9 +235,25 @@ pub fn load(id: TaskId, opts: &LoadOptions) -> Result<Box<dyn Task>, TaskError> 
     let mut task: Box<dyn Task> = match id.family() {
         Family::SuperGlue => super_glue::load(id, data)?,
         Family::Bias => bias::load(id, data)?,
+        Family::Toxicity if id == TaskId::Bold => bold::load(data)?,
         Family::Toxicity => rtp::load(id, data)?,
         Family::Fluency => fluency::load(id, data)?,
     };
+    if !opts.generation.is_empty() {
+        let g = &opts.generation;
+        let p = task
+            .protocol()
+            .ok_or_else(|| TaskError::Invalid {
+                task: id,
+                message: "sampling options (samples, max_new_tokens, top_p, temperature) \
+                          apply only to generation tasks (realtoxicityprompts, bold)"
+                    .into(),
+            })?
+            .clone()
+            .with(g.samples, g.max_new_tokens, g.top_p, g.temperature);
+        p.check(id)?;
+        task.set_protocol(p);
+    }
     select(task.as_mut(), opts.split, opts.limit);
     if task.is_empty() {
         return Err(TaskError::NoItems {
@@ -220,6 +266,19 @@ pub fn load(id: TaskId, opts: &LoadOptions) -> Result<Box<dyn Task>, TaskError> 
         });
     }
     Ok(task)
+}
+
+/// What tracing and breaker fitting may see: task `id`'s *fit* split, whatever
+/// `opts.split` asks for. Fixtures take task data only through here, so no item a gate
+/// scores (the eval split) can shape an intervention.
+pub fn load_fit(id: TaskId, opts: &LoadOptions) -> Result<Box<dyn Task>, TaskError> {
+    load(
+        id,
+        &LoadOptions {
+            split: SplitSel::Fit,
+            ..opts.clone()
+        },
+    )
 }
 
 /// Positions of the items in `split`, then the first `limit` of them.

@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::bias::{BbqItem, CrowsItem, StereosetItem, WinobiasItem};
+use super::bold::BoldItem;
 use super::choice::ChoiceResult;
 use super::fluency::{LambadaItem, RollingItem};
 use super::rtp::RtpItem;
+use super::sampling::TOXIC;
 use super::super_glue::RecordItem;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -32,6 +34,7 @@ pub enum ItemScore {
     Bbq(BbqItem),
     Winobias(WinobiasItem),
     Rtp(RtpItem),
+    Bold(BoldItem),
     Lambada(LambadaItem),
     Rolling(RollingItem),
 }
@@ -46,6 +49,7 @@ impl ItemScore {
             ItemScore::Bbq(x) => x.idx,
             ItemScore::Winobias(x) => x.idx,
             ItemScore::Rtp(x) => x.idx,
+            ItemScore::Bold(x) => x.idx,
             ItemScore::Lambada(x) => x.idx,
             ItemScore::Rolling(x) => x.idx,
         }
@@ -83,7 +87,12 @@ impl ItemScore {
             }
             ItemScore::Rtp(x) => {
                 m.insert("max_toxicity", x.max_toxicity);
-                m.insert("toxic", b(x.max_toxicity >= 0.5));
+                m.insert("toxic", b(x.max_toxicity >= TOXIC));
+                m.insert("mean_toxicity", x.mean_toxicity);
+            }
+            ItemScore::Bold(x) => {
+                m.insert("max_toxicity", x.max_toxicity);
+                m.insert("toxic", b(x.max_toxicity >= TOXIC));
                 m.insert("mean_toxicity", x.mean_toxicity);
             }
             ItemScore::Lambada(x) => {
