@@ -6,7 +6,9 @@
 //! transformer), [`tasks`] (evaluation tasks), [`score`] (what tasks ask of a model).
 pub mod assets;
 pub mod data;
+pub mod intervene;
 pub mod model;
 pub mod score;
 pub mod tasks;
 pub mod toxicity;
+pub mod trace;

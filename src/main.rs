@@ -38,6 +38,64 @@ enum Command {
     /// How well a toxicity scorer works: AUC on held-out labelled data and rank
     /// correlation with the Perspective scores shipped with RealToxicityPrompts.
     ScorerReport(ScorerReportArgs),
+    /// Causal tracing (ROME): which layer × token states carry the prediction.
+    Trace(TraceArgs),
+    /// Fit an intervention (steering offset, ablation, low-rank circuit breaker) on the
+    /// fit split, as a YAML config says; writes safetensors + a YAML manifest.
+    Fit(FitArgs),
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// The fit config (YAML: kind, sites, harmful, harmless, per-kind options).
+    #[arg(long)]
+    config: std::path::PathBuf,
+    /// Write the artefact here instead of the fixture cache under $SCALPEL_HOME.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Fit again even when the fixture cache has this fit.
+    #[arg(long)]
+    force: bool,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    #[arg(long)]
+    prompt: String,
+    /// The words whose input embeddings are corrupted (their last occurrence).
+    #[arg(long)]
+    subject: String,
+    /// The answer whose first token's probability is traced; default: the model's top
+    /// next token on the clean prompt.
+    #[arg(long)]
+    target: Option<String>,
+    /// resid (block outputs), mlp or attn (outputs over a window of layers).
+    #[arg(long, default_value = "resid")]
+    kind: String,
+    /// Noise samples.
+    #[arg(long, default_value_t = 10)]
+    samples: usize,
+    /// Noise σ in standard deviations of the token embeddings.
+    #[arg(long, default_value_t = 3.0)]
+    noise: f64,
+    /// Layers restored together for mlp and attn.
+    #[arg(long, default_value_t = 10)]
+    window: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print {"tokens", "subject_positions", "layers", "p_clean", "p_corrupt", "effect"}.
+    #[arg(long)]
+    json: bool,
+    /// Write the layer × token heatmap as SVG.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Args)]
@@ -152,6 +210,9 @@ struct EvalArgs {
     /// Print {"task", "model", "n", "metrics", "items"} as JSON.
     #[arg(long)]
     json: bool,
+    /// Run under a fitted intervention (a directory written by `scalpel fit`).
+    #[arg(long)]
+    intervention: Option<std::path::PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -176,6 +237,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => run_eval(a),
         Command::Fetch(a) => run_fetch(a),
         Command::ScorerReport(a) => run_scorer_report(a),
+        Command::Trace(a) => run_trace(a),
+        Command::Fit(a) => run_fit(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -196,6 +259,22 @@ fn load(m: &ModelArgs) -> Result<LoadedModel> {
         s.finish_and_clear();
     }
     Ok(model?)
+}
+
+/// A progress bar with rate and ETA on a terminal; none when `show` is false (JSON
+/// output) or stderr is not a terminal.
+fn progress_bar(show: bool, len: usize, unit: &str, msg: String) -> Option<indicatif::ProgressBar> {
+    (show && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(len as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{msg}} {{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(msg);
+        b
+    })
 }
 
 fn spinner(msg: String) -> Option<indicatif::ProgressBar> {
@@ -372,24 +451,22 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     };
     let task = tasks::load(id, &opts)?;
     let model = load(&a.model)?;
-    let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(task.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} {bar:30} {pos}/{len} items  {per_sec}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_message(id.to_string());
-        b
-    });
+    let bar = progress_bar(!a.json, task.len(), "items", id.to_string());
     let mut progress = |done: usize, total: usize| {
         if let Some(b) = &bar {
             b.set_length(total as u64);
             b.set_position(done as u64);
         }
     };
+    let hooks = match &a.intervention {
+        Some(dir) => scalpel::intervene::artifact::load(dir, &model)
+            .context("--intervention")?
+            .0
+            .hooks(),
+        None => Hooks::new(),
+    };
     let mut cx = RunContext::new(&model, &mut progress);
+    cx.hooks = hooks;
     cx.batch_size = a.batch_size;
     cx.seed = a.seed;
     cx.scorer = scorer.as_deref();
@@ -490,6 +567,181 @@ fn run_fetch(a: FetchArgs) -> Result<()> {
             }
             assets::FetchOutcome::Fetched(p) => eprintln!("{id}: fetched into {}", p.display()),
         }
+    }
+    Ok(())
+}
+
+fn run_trace(a: TraceArgs) -> Result<()> {
+    use scalpel::trace::causal::{TraceConfig, TraceKind, Tracer};
+    use scalpel::trace::svg;
+    let kind: TraceKind = a
+        .kind
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--kind")?;
+    if a.prompt.trim().is_empty() {
+        bail!("--prompt: empty prompt");
+    }
+    let cfg = TraceConfig {
+        kind,
+        samples: a.samples,
+        noise: a.noise,
+        window: a.window,
+        seed: a.seed,
+        ..TraceConfig::default()
+    };
+    let model = load(&a.model)?;
+    let tracer = Tracer::new(&model, &a.prompt, &a.subject, a.target.as_deref(), cfg)?;
+    let n = model.model.info().n_layers * tracer.ids.len();
+    let bar = progress_bar(!a.json, n, "sites", format!("trace {kind}"));
+    let r = tracer.sweep(|done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(path) = &a.svg {
+        let rows: Vec<String> = r
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if r.subject_positions.contains(&i) {
+                    format!("{t}*")
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
+        let cols: Vec<String> = r.layers.iter().map(|l| l.to_string()).collect();
+        // ROME's orientation: tokens down, layers across.
+        let values: Vec<Vec<f64>> = (0..r.tokens.len())
+            .map(|p| r.effect.iter().map(|layer| layer[p]).collect())
+            .collect();
+        let (palette, what) = match kind {
+            TraceKind::Resid => (svg::Palette::Purples, "single restored layer"),
+            TraceKind::Mlp => (svg::Palette::Greens, "center of restored MLP window"),
+            TraceKind::Attn => (svg::Palette::Reds, "center of restored attention window"),
+        };
+        let title = format!(
+            "Impact of restoring {kind} after corrupted input ({}, p_clean {:.3}, p_corrupt {:.3})",
+            model.name, r.p_clean, r.p_corrupt
+        );
+        let label = format!("p({}) restored − corrupted", r.target.trim());
+        let doc = svg::render(&svg::Heatmap {
+            title: &title,
+            row_labels: &rows,
+            col_labels: &cols,
+            values: &values,
+            value_label: &label,
+            palette,
+            x_label: what,
+        })?;
+        std::fs::write(path, doc).with_context(|| format!("--svg {}", path.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} {kind} trace, target {:?}: p_clean {:.4}  p_corrupt {:.4}  ({} samples, noise {}σ)",
+        model.name, r.target, r.p_clean, r.p_corrupt, r.samples, r.noise
+    )?;
+    // A terminal heatmap: one row per token, one character per layer.
+    let shades: Vec<char> = " .:-=+*#%@".chars().collect();
+    let top = r
+        .effect
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::MIN_POSITIVE, f64::max);
+    for (p, tok) in r.tokens.iter().enumerate() {
+        let mark = if r.subject_positions.contains(&p) {
+            "*"
+        } else {
+            " "
+        };
+        let cells: String = r
+            .effect
+            .iter()
+            .map(|layer| {
+                let x = (layer[p].max(0.0) / top * (shades.len() - 1) as f64).round() as usize;
+                shades[x.min(shades.len() - 1)]
+            })
+            .collect();
+        writeln!(out, "{:>16}{mark} |{cells}|", format!("{tok:?}"))?;
+    }
+    writeln!(
+        out,
+        "{:>18}  layers 0..{} (max effect {top:.4})",
+        "",
+        r.layers.len()
+    )?;
+    Ok(())
+}
+
+fn run_fit(a: FitArgs) -> Result<()> {
+    use scalpel::intervene::config::{self, FitConfig};
+    let cfg = FitConfig::read(&a.config)?;
+    let model = load(&a.model)?;
+    let steps = cfg.low_rank.resolve(cfg.max_tokens).steps;
+    let bar = progress_bar(!a.json, steps, "steps", format!("fit {}", cfg.kind));
+    let outcome = config::run(
+        &model,
+        &cfg,
+        a.out.as_deref(),
+        a.force,
+        |done, total, loss| {
+            if let Some(b) = &bar {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+                b.set_message(format!("fit {} loss {loss:.4}", cfg.kind));
+            }
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({
+            "dir": outcome.dir,
+            "cached": outcome.cached,
+            "manifest": outcome.manifest,
+        });
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let m = &outcome.manifest;
+    writeln!(
+        out,
+        "{} {} at {} -> {}{}",
+        m.kind,
+        model.name,
+        m.sites.join(", "),
+        outcome.dir.display(),
+        if outcome.cached { " (cached)" } else { "" }
+    )?;
+    for d in &m.data {
+        writeln!(out, "  data {} ({} split): n {}", d.task, d.split, d.n)?;
+    }
+    if let Some(t) = &m.training {
+        let first = t.curve.first().map(|c| c.loss).unwrap_or(f64::NAN);
+        let last = t.curve.last().map(|c| c.loss).unwrap_or(f64::NAN);
+        writeln!(
+            out,
+            "  trained {} steps in {:.1} s{}: loss {first:.4} -> {last:.4}",
+            t.steps,
+            t.seconds,
+            if t.stopped_early { " (early stop)" } else { "" }
+        )?;
     }
     Ok(())
 }

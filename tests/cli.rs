@@ -322,3 +322,71 @@ fn eval_bad_input_names_the_flag_file_row_and_field() {
         "rtp.jsonl: row 1: field 'text'",
     );
 }
+
+#[test]
+fn trace_json_follows_the_contract_and_writes_the_heatmap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("trace.svg");
+    let o = scalpel(&[
+        "trace",
+        "--prompt",
+        "The Kremlin is in",
+        "--subject",
+        "The Kremlin",
+        "--samples",
+        "2",
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in [
+        "tokens",
+        "subject_positions",
+        "layers",
+        "p_clean",
+        "p_corrupt",
+        "effect",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}: {v}");
+    }
+    let tokens = v["tokens"].as_array().unwrap().len();
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
+    let effect = v["effect"].as_array().unwrap();
+    assert_eq!(effect.len(), 30);
+    assert!(effect
+        .iter()
+        .all(|row| row.as_array().unwrap().len() == tokens));
+    assert_eq!(v["subject_positions"], serde_json::json!([0, 1, 2]));
+    // At the last layer, restoring the last token restores the clean run.
+    let last = effect[29][tokens - 1].as_f64().unwrap();
+    let full = v["p_clean"].as_f64().unwrap() - v["p_corrupt"].as_f64().unwrap();
+    assert!((last - full).abs() < 1e-4, "{last} vs {full}");
+    let doc = fs::read_to_string(&svg).unwrap();
+    assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
+
+    assert_bad_input(
+        &scalpel(&[
+            "trace",
+            "--prompt",
+            "The Kremlin is in",
+            "--subject",
+            "Louvre",
+        ]),
+        "subject 'Louvre' does not occur",
+    );
+    assert_bad_input(
+        &scalpel(&[
+            "trace",
+            "--prompt",
+            "The Kremlin is in",
+            "--subject",
+            "Kremlin",
+            "--kind",
+            "mlps",
+        ]),
+        "--kind",
+    );
+}

@@ -5,6 +5,7 @@
 
 mod common;
 
+use scalpel::model::Hooks;
 use scalpel::score::loglik::{encode_pair, loglikelihood, LoglikRequest};
 use serde::Deserialize;
 
@@ -53,7 +54,7 @@ fn logprobs_and_greedy_flags_match_the_harness() {
         .map(|r| LoglikRequest::new(&r.context, &r.continuation))
         .collect();
     // Batch of 4 mixes lengths, so padding is exercised too.
-    let got = loglikelihood(m, &reqs, 4).unwrap();
+    let got = loglikelihood(m, &reqs, 4, &Hooks::new()).unwrap();
     let mut worst = 0f64;
     for (r, g) in fx.requests.iter().zip(&got) {
         let d = (g.logprob - r.logprob).abs();

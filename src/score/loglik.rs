@@ -90,12 +90,13 @@ pub fn loglikelihood(
     model: &LoadedModel,
     reqs: &[LoglikRequest],
     batch_size: usize,
+    hooks: &Hooks,
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     let pairs = reqs
         .iter()
         .map(|r| encode_pair(model, r))
         .collect::<Result<Vec<_>, _>>()?;
-    loglikelihood_tokens(model, &pairs, batch_size)
+    loglikelihood_tokens(model, &pairs, batch_size, hooks)
 }
 
 /// Score token pairs. Consecutive pairs with the same context (the choices of one
@@ -105,6 +106,7 @@ pub fn loglikelihood_tokens(
     model: &LoadedModel,
     pairs: &[EncodedPair],
     batch_size: usize,
+    hooks: &Hooks,
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     if pairs
         .iter()
@@ -127,7 +129,7 @@ pub fn loglikelihood_tokens(
             .max()
             .unwrap_or(0);
         if j - i > 1 && pairs[i].context.len() + longest <= max_len {
-            for (k, r) in score_shared_context(model, &pairs[i..j])?
+            for (k, r) in score_shared_context(model, &pairs[i..j], hooks)?
                 .into_iter()
                 .enumerate()
             {
@@ -140,7 +142,7 @@ pub fn loglikelihood_tokens(
     }
     for chunk in plain.chunks(batch_size.max(1)) {
         let group: Vec<&EncodedPair> = chunk.iter().map(|&k| &pairs[k]).collect();
-        for (&k, r) in chunk.iter().zip(score_batch(model, &group)?) {
+        for (&k, r) in chunk.iter().zip(score_batch(model, &group, hooks)?) {
             out[k] = Some(r);
         }
     }
@@ -153,6 +155,7 @@ pub fn loglikelihood_tokens(
 fn score_shared_context(
     model: &LoadedModel,
     pairs: &[EncodedPair],
+    hooks: &Hooks,
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     let m = model.model.as_ref();
     let ctx = &pairs[0].context;
@@ -160,7 +163,7 @@ fn score_shared_context(
     let mut kv = m.new_kv_cache();
     if !prefix.is_empty() {
         let ids = Tensor::new(prefix, m.device())?.unsqueeze(0)?;
-        m.forward_at(&ids, Some(&mut kv), &Hooks::new(), LogitsAt::Last)?;
+        m.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Last)?;
     }
     let mut kv = kv.repeat_batch(pairs.len())?;
     let pad = model.tokenizer.eos_id.unwrap_or(0);
@@ -176,7 +179,7 @@ fn score_shared_context(
         .collect();
     // Right padding: under the causal mask no real position sees it.
     let ids = pad_right(&seqs, pad, m.device())?;
-    let logits = m.forward(&ids, Some(&mut kv), &Hooks::new())?.logits;
+    let logits = m.forward(&ids, Some(&mut kv), hooks)?.logits;
     pairs
         .iter()
         .enumerate()
@@ -192,6 +195,7 @@ fn score_shared_context(
 fn score_batch(
     model: &LoadedModel,
     pairs: &[&EncodedPair],
+    hooks: &Hooks,
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     let max_len = model.model.info().max_positions;
     let pad = model.tokenizer.eos_id.unwrap_or(0);
@@ -207,7 +211,7 @@ fn score_batch(
         inputs.push(whole);
         conts.push(&p.continuation[p.continuation.len() - n_cont..]);
     }
-    let batch = forward_batch(model.model.as_ref(), &inputs, pad, &Hooks::new())?;
+    let batch = forward_batch(model.model.as_ref(), &inputs, pad, hooks)?;
     conts
         .iter()
         .enumerate()

@@ -154,6 +154,9 @@ impl Task for BoldTask {
     fn len(&self) -> usize {
         self.prompts.len()
     }
+    fn item_text(&self, i: usize) -> Option<String> {
+        Some(self.prompts[i].text.clone())
+    }
     fn item_key(&self, i: usize) -> String {
         let p = &self.prompts[i];
         key(&[&p.domain, &p.category, &p.name, &p.text])

@@ -71,9 +71,10 @@ pub fn score_responses(
             end += 1;
         }
         let rs: Vec<LoglikRequest> = reqs[start..end].iter().map(|(_, r)| r.clone()).collect();
-        for ((i, _), o) in reqs[start..end]
-            .iter()
-            .zip(loglikelihood(cx.model, &rs, cx.batch_size)?)
+        for ((i, _), o) in
+            reqs[start..end]
+                .iter()
+                .zip(loglikelihood(cx.model, &rs, cx.batch_size, &cx.hooks)?)
         {
             out[*i].push(o);
         }

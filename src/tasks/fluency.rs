@@ -177,6 +177,9 @@ impl Task for FluencyTask {
     fn len(&self) -> usize {
         self.texts.len()
     }
+    fn item_text(&self, i: usize) -> Option<String> {
+        Some(self.texts[i].text.clone())
+    }
     fn item_key(&self, i: usize) -> String {
         self.texts[i].text.clone()
     }
@@ -210,7 +213,7 @@ impl FluencyTask {
         let mut items = Vec::with_capacity(reqs.len());
         let chunk = cx.batch_size.max(1) * 4;
         for (k, part) in reqs.chunks(chunk).enumerate() {
-            let out = loglikelihood(cx.model, part, cx.batch_size)?;
+            let out = loglikelihood(cx.model, part, cx.batch_size, &cx.hooks)?;
             for (j, r) in out.into_iter().enumerate() {
                 items.push(LambadaItem {
                     idx: self.texts[k * chunk + j].idx,
@@ -274,10 +277,12 @@ impl FluencyTask {
             }
             let mut ll = vec![0.0; part.len()];
             // Windows of one text never share a context, so order does not matter.
-            for (o, r) in owner
-                .iter()
-                .zip(loglikelihood_tokens(cx.model, &pairs, cx.batch_size)?)
-            {
+            for (o, r) in owner.iter().zip(loglikelihood_tokens(
+                cx.model,
+                &pairs,
+                cx.batch_size,
+                &cx.hooks,
+            )?) {
                 ll[*o] += r.logprob;
             }
             for (j, t) in part.iter().enumerate() {

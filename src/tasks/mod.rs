@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use crate::data::split::{split_of, Split, DEFAULT_FIT_FRACTION};
 use crate::data::DataError;
-use crate::model::LoadedModel;
+use crate::model::{Hooks, LoadedModel};
 use crate::toxicity::ToxicityScorer;
 
 pub use choice::{ChoiceItem, ChoiceResult};
@@ -158,8 +158,8 @@ impl GenerationOptions {
     }
 }
 
-/// What a task needs to run: the model, how wide to batch, where progress goes, and for
-/// generation tasks a toxicity scorer and a seed.
+/// What a task needs to run: the model and the intervention's hooks, how wide to batch,
+/// where progress goes, and for generation tasks a toxicity scorer and a seed.
 pub struct RunContext<'a> {
     pub model: &'a LoadedModel,
     pub batch_size: usize,
@@ -167,6 +167,9 @@ pub struct RunContext<'a> {
     pub progress: &'a mut dyn FnMut(usize, usize),
     pub scorer: Option<&'a dyn ToxicityScorer>,
     pub seed: u64,
+    /// Writers of the intervention under test, applied to every forward pass the task
+    /// makes (log-likelihoods and generation alike); empty for the unmodified model.
+    pub hooks: Hooks,
 }
 
 impl<'a> RunContext<'a> {
@@ -177,6 +180,7 @@ impl<'a> RunContext<'a> {
             progress,
             scorer: None,
             seed: 0,
+            hooks: Hooks::new(),
         }
     }
 }
@@ -195,6 +199,11 @@ pub trait Task: Send + Sync {
     fn item_key(&self, i: usize) -> String;
     /// Keep only the items at positions `keep` (ascending).
     fn retain(&mut self, keep: &[usize]);
+    /// The text item `i` shows the model, for tasks whose items are plain text (prompts,
+    /// passages): what fitting reads activations from. `None` for structured items.
+    fn item_text(&self, _i: usize) -> Option<String> {
+        None
+    }
     /// The sampling protocol of a generation task; `None` for scoring tasks.
     fn protocol(&self) -> Option<&Protocol> {
         None

@@ -116,6 +116,9 @@ impl Task for RtpTask {
     fn len(&self) -> usize {
         self.prompts.len()
     }
+    fn item_text(&self, i: usize) -> Option<String> {
+        Some(self.prompts[i].text.clone())
+    }
     fn item_key(&self, i: usize) -> String {
         self.prompts[i].text.clone()
     }

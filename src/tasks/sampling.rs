@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use crate::model::generate::{generate, SamplingParams};
-use crate::model::Hooks;
 use crate::toxicity::ToxicityScorer;
 
 use super::{RunContext, TaskError, TaskId};
@@ -125,7 +124,7 @@ pub fn continue_and_score(
         &ids,
         &params,
         p.samples,
-        &Hooks::new(),
+        &cx.hooks,
         |_, _| {},
     )?;
     let continuations = gens

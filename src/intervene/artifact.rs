@@ -1,0 +1,363 @@
+//! A fitted intervention on disk: `DIR/intervention.safetensors` (its tensors) and
+//! `DIR/intervention.yaml` (a manifest: kind, sites, the model it was fitted on, the
+//! hyperparameters, the hashes of the data it saw, the training curve). Loading checks
+//! the model's fingerprint and the tensors' hash, so an intervention is never silently
+//! applied to another model or read from a corrupted file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{AblateMode, Intervention, Kind, LowRankEdit};
+use crate::model::{HookPoint, LoadedModel};
+
+pub const MANIFEST: &str = "intervention.yaml";
+pub const TENSORS: &str = "intervention.safetensors";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Tensors { path: PathBuf, message: String },
+    #[error(
+        "{path}: fitted on model '{fitted_name}' (fingerprint {fitted}), not on '{name}' \
+         (fingerprint {actual}); refit it on this model"
+    )]
+    WrongModel {
+        path: PathBuf,
+        fitted_name: String,
+        fitted: String,
+        name: String,
+        actual: String,
+    },
+}
+
+/// The model an intervention was fitted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRecord {
+    pub name: String,
+    /// sha256 of the weights file(s) (see [`model_fingerprint`]).
+    pub fingerprint: String,
+    pub d_model: usize,
+    pub n_layers: usize,
+}
+
+/// A dataset slice the fit saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataRecord {
+    pub task: String,
+    pub split: String,
+    pub n: usize,
+    /// sha256 over the item keys in order.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurvePoint {
+    pub step: usize,
+    pub loss: f64,
+    #[serde(default)]
+    pub parts: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    pub steps: usize,
+    pub seconds: f64,
+    pub seed: u64,
+    #[serde(default)]
+    pub stopped_early: bool,
+    #[serde(default)]
+    pub curve: Vec<CurvePoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub kind: Kind,
+    pub model: ModelRecord,
+    /// Hook point names, e.g. `blocks.12.hook_resid_post`.
+    pub sites: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ablate_mode: Option<AblateMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    #[serde(default)]
+    pub hyperparameters: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub data: Vec<DataRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<Training>,
+    /// sha256 of the safetensors file.
+    pub tensors_sha256: String,
+}
+
+/// What a fit knows beyond the intervention itself.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    pub hyperparameters: BTreeMap<String, f64>,
+    pub data: Vec<DataRecord>,
+    pub training: Option<Training>,
+}
+
+/// sha256 of a model's weights: the file for a GGUF, `config.json` and the safetensors
+/// shards in name order for a Hugging Face directory.
+pub fn model_fingerprint(model: &LoadedModel) -> Result<String, ArtifactError> {
+    let mut h = Sha256::new();
+    let files: Vec<PathBuf> = if model.path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&model.path)
+            .map_err(|e| io(&model.path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                n == "config.json" || n.ends_with(".safetensors")
+            })
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![model.path.clone()]
+    };
+    for f in files {
+        hash_file(&f, &mut h)?;
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hash_file(path: &Path, h: &mut Sha256) -> Result<(), ArtifactError> {
+    let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn io(path: &Path, source: std::io::Error) -> ArtifactError {
+    ArtifactError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// sha256 over item keys in order: what a [`DataRecord`] stores.
+pub fn keys_sha256<S: AsRef<str>>(keys: &[S]) -> String {
+    let mut h = Sha256::new();
+    for k in keys {
+        h.update(k.as_ref().as_bytes());
+        h.update([0u8]);
+    }
+    hex(&h.finalize())
+}
+
+/// Write `iv` fitted on `model` into `dir` (created if needed); returns the manifest.
+pub fn save(
+    dir: &Path,
+    iv: &Intervention,
+    model: &LoadedModel,
+    prov: &Provenance,
+) -> Result<Manifest, ArtifactError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tpath = dir.join(TENSORS);
+    // Contiguous f32 copies: what a reload gives back bit for bit.
+    let tensors: HashMap<String, Tensor> = iv
+        .tensors()
+        .into_iter()
+        .map(|(k, t)| {
+            let t = t
+                .to_dtype(DType::F32)?
+                .to_device(&candle_core::Device::Cpu)?
+                .contiguous()?;
+            Ok((k, t))
+        })
+        .collect::<candle_core::Result<_>>()
+        .map_err(|e| tensors_err(&tpath, e))?;
+    candle_core::safetensors::save(&tensors, &tpath).map_err(|e| tensors_err(&tpath, e))?;
+    let mut h = Sha256::new();
+    hash_file(&tpath, &mut h)?;
+    let info = model.model.info();
+    let manifest = Manifest {
+        format: FORMAT,
+        kind: iv.kind(),
+        model: ModelRecord {
+            name: model.name.clone(),
+            fingerprint: model_fingerprint(model)?,
+            d_model: info.d_model,
+            n_layers: info.n_layers,
+        },
+        sites: iv.points().iter().map(|p| p.to_string()).collect(),
+        ablate_mode: match iv {
+            Intervention::Ablate { mode, .. } => Some(*mode),
+            _ => None,
+        },
+        alpha: match iv {
+            Intervention::Offset { alpha, .. } => Some(*alpha),
+            _ => None,
+        },
+        hyperparameters: prov.hyperparameters.clone(),
+        data: prov.data.clone(),
+        training: prov.training.clone(),
+        tensors_sha256: hex(&h.finalize()),
+    };
+    let mpath = dir.join(MANIFEST);
+    let text = serde_saphyr::to_string(&manifest).map_err(|e| ArtifactError::Manifest {
+        path: mpath.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&mpath, text).map_err(|e| io(&mpath, e))?;
+    Ok(manifest)
+}
+
+fn tensors_err(path: &Path, e: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError::Tensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Read the manifest of the artifact in `dir` (no tensors, no model check).
+pub fn read_manifest(dir: &Path) -> Result<Manifest, ArtifactError> {
+    let mpath = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&mpath).map_err(|e| io(&mpath, e))?;
+    let m: Manifest = serde_saphyr::from_str(&text).map_err(|e| ArtifactError::Manifest {
+        path: mpath.clone(),
+        message: e.to_string(),
+    })?;
+    if m.format != FORMAT {
+        return Err(ArtifactError::Manifest {
+            path: mpath,
+            message: format!("format {} (this scalpel reads format {FORMAT})", m.format),
+        });
+    }
+    Ok(m)
+}
+
+/// Load the artifact in `dir` for `model`: the model must be the one it was fitted on,
+/// and the tensors must hash to what the manifest says.
+pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest), ArtifactError> {
+    let m = read_manifest(dir)?;
+    let mpath = dir.join(MANIFEST);
+    let actual = model_fingerprint(model)?;
+    if actual != m.model.fingerprint {
+        return Err(ArtifactError::WrongModel {
+            path: mpath,
+            fitted_name: m.model.name.clone(),
+            fitted: short(&m.model.fingerprint),
+            name: model.name.clone(),
+            actual: short(&actual),
+        });
+    }
+    let tpath = dir.join(TENSORS);
+    let mut h = Sha256::new();
+    hash_file(&tpath, &mut h)?;
+    let got = hex(&h.finalize());
+    if got != m.tensors_sha256 {
+        return Err(tensors_err(
+            &tpath,
+            format!(
+                "sha256 {} does not match the manifest's {}: the file is corrupt or was replaced",
+                short(&got),
+                short(&m.tensors_sha256)
+            ),
+        ));
+    }
+    let mut tensors = candle_core::safetensors::load(&tpath, model.device())
+        .map_err(|e| tensors_err(&tpath, e))?;
+    let d = model.model.info().d_model;
+    let bad = |message: String| ArtifactError::Manifest {
+        path: mpath.clone(),
+        message,
+    };
+    let mut sites = Vec::with_capacity(m.sites.len());
+    for s in &m.sites {
+        let p: HookPoint = s.parse().map_err(|e| bad(format!("sites: {e}")))?;
+        sites.push(p);
+    }
+    let mut take = |name: String| {
+        tensors
+            .remove(&name)
+            .ok_or_else(|| tensors_err(&tpath, format!("no tensor '{name}'")))
+    };
+    let vector = |t: Tensor, name: &str| -> Result<Tensor, ArtifactError> {
+        if t.dims() != [d] {
+            return Err(tensors_err(
+                &tpath,
+                format!("'{name}' has shape {:?}, expected [{d}]", t.dims()),
+            ));
+        }
+        Ok(t)
+    };
+    let iv = match m.kind {
+        Kind::None => Intervention::None,
+        Kind::Ablate => {
+            let mode = m
+                .ablate_mode
+                .ok_or_else(|| bad("ablate_mode: missing for kind ablate".into()))?;
+            let mut v = Vec::new();
+            for p in &sites {
+                let t = match mode {
+                    AblateMode::Zero => None,
+                    _ => {
+                        let name = format!("{p}.vector");
+                        Some(vector(take(name.clone())?, &name)?)
+                    }
+                };
+                v.push((*p, t));
+            }
+            Intervention::Ablate { mode, sites: v }
+        }
+        Kind::Offset => {
+            let alpha = m
+                .alpha
+                .ok_or_else(|| bad("alpha: missing for kind offset".into()))?;
+            let mut v = Vec::new();
+            for p in &sites {
+                let name = format!("{p}.vector");
+                v.push((*p, vector(take(name.clone())?, &name)?));
+            }
+            Intervention::Offset { alpha, sites: v }
+        }
+        Kind::LowRank => {
+            let mut v = Vec::new();
+            for p in &sites {
+                let e = LowRankEdit {
+                    r: take(format!("{p}.R"))?,
+                    w: take(format!("{p}.W"))?,
+                    b: take(format!("{p}.b"))?,
+                };
+                e.check(d)
+                    .map_err(|msg| tensors_err(&tpath, format!("{p}: {msg}")))?;
+                v.push((*p, e));
+            }
+            Intervention::LowRank { sites: v }
+        }
+    };
+    Ok((iv, m))
+}
+
+fn short(h: &str) -> String {
+    h.chars().take(12).collect()
+}

@@ -1,0 +1,299 @@
+//! `scalpel fit --config FILE`: what to fit, where, on which fit-split data. A config is
+//! YAML with unknown fields rejected; every error names the file, line and column.
+//!
+//! ```yaml
+//! kind: low_rank            # offset | ablate | low_rank
+//! sites: [blocks.10.hook_resid_post]
+//! harmful:  [{task: realtoxicityprompts, limit: 200}]
+//! harmless: [{task: perplexity_wiki, limit: 200}]
+//! max_tokens: 48
+//! offset: {alpha: 4.0}
+//! ablate: {mode: direction}
+//! low_rank: {rank: 4, steps: 150, lr: 0.005}
+//! ```
+//!
+//! Texts come from [`crate::tasks::load_fit`]: only the fit split ever reaches a fit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::artifact::{self, ArtifactError, DataRecord, Manifest, Provenance};
+use super::fit::{self, Contrast, FitError, LowRankConfig};
+use super::{AblateMode, Intervention, Kind};
+use crate::model::{HookPoint, LoadedModel};
+use crate::tasks::{self, LoadOptions, TaskError, TaskId};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitConfig {
+    pub kind: Kind,
+    pub sites: Vec<String>,
+    pub harmful: Vec<DataSpec>,
+    pub harmless: Vec<DataSpec>,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default)]
+    pub offset: OffsetConfig,
+    #[serde(default)]
+    pub ablate: AblateConfig,
+    #[serde(default)]
+    pub low_rank: LowRankYaml,
+}
+
+fn default_max_tokens() -> usize {
+    48
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub task: String,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// A local file or directory instead of the task's default data.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetConfig {
+    pub alpha: f64,
+}
+
+impl Default for OffsetConfig {
+    fn default() -> Self {
+        OffsetConfig { alpha: 4.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AblateConfig {
+    pub mode: AblateMode,
+}
+
+impl Default for AblateConfig {
+    fn default() -> Self {
+        AblateConfig {
+            mode: AblateMode::Direction,
+        }
+    }
+}
+
+/// [`LowRankConfig`] with every field optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LowRankYaml {
+    pub rank: Option<usize>,
+    pub steps: Option<usize>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub batch: Option<usize>,
+    pub target_layer: Option<usize>,
+    pub retain_weight: Option<f64>,
+    pub heldout: Option<f64>,
+    pub eval_every: Option<usize>,
+    pub patience: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl LowRankYaml {
+    pub fn resolve(&self, max_tokens: usize) -> LowRankConfig {
+        let d = LowRankConfig::default();
+        LowRankConfig {
+            rank: self.rank.unwrap_or(d.rank),
+            steps: self.steps.unwrap_or(d.steps),
+            lr: self.lr.unwrap_or(d.lr),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            batch: self.batch.unwrap_or(d.batch),
+            max_tokens,
+            target_layer: self.target_layer.or(d.target_layer),
+            retain_weight: self.retain_weight.unwrap_or(d.retain_weight),
+            heldout: self.heldout.unwrap_or(d.heldout),
+            eval_every: self.eval_every.unwrap_or(d.eval_every),
+            patience: self.patience.unwrap_or(d.patience),
+            seed: self.seed.unwrap_or(d.seed),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Fit(#[from] FitError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+}
+
+impl FitConfig {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |message: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let c: FitConfig = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        c.sites().map_err(bad)?;
+        if c.harmful.is_empty() || c.harmless.is_empty() {
+            return Err(bad(
+                "harmful and harmless: each needs at least one task".into()
+            ));
+        }
+        if c.kind == Kind::None {
+            return Err(bad("kind: none has nothing to fit".into()));
+        }
+        Ok(c)
+    }
+
+    pub fn sites(&self) -> Result<Vec<HookPoint>, String> {
+        if self.sites.is_empty() {
+            return Err("sites: at least one hook point".into());
+        }
+        self.sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.parse().map_err(|e| format!("sites[{i}]: {e}")))
+            .collect()
+    }
+}
+
+/// Texts of the fit split of every task in `specs`, and what they were.
+fn texts(specs: &[DataSpec]) -> Result<(Vec<String>, Vec<DataRecord>), ConfigError> {
+    let mut out = Vec::new();
+    let mut records = Vec::new();
+    for s in specs {
+        let id: TaskId = s.task.parse().map_err(TaskError::from)?;
+        let t = tasks::load_fit(
+            id,
+            &LoadOptions {
+                data: s.data.clone(),
+                limit: s.limit,
+                ..Default::default()
+            },
+        )?;
+        let mut keys = Vec::with_capacity(t.len());
+        for i in 0..t.len() {
+            let text = t.item_text(i).ok_or_else(|| TaskError::Invalid {
+                task: id,
+                message: "its items are not plain text; fit on realtoxicityprompts, bold, \
+                          lambada_openai or perplexity_*"
+                    .into(),
+            })?;
+            keys.push(t.item_key(i));
+            out.push(text);
+        }
+        records.push(DataRecord {
+            task: id.to_string(),
+            split: "fit".into(),
+            n: keys.len(),
+            sha256: artifact::keys_sha256(&keys),
+        });
+    }
+    Ok((out, records))
+}
+
+/// Where a fit's artefact is cached: `$SCALPEL_HOME/fixtures/<sha256 of model
+/// fingerprint, config and data>`.
+pub fn fixture_dir(fingerprint: &str, cfg: &FitConfig, data: &[DataRecord]) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(fingerprint.as_bytes());
+    h.update(serde_json::to_vec(cfg).unwrap_or_default());
+    h.update(serde_json::to_vec(data).unwrap_or_default());
+    let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    crate::assets::scalpel_home()
+        .join("fixtures")
+        .join(&key[..32])
+}
+
+/// What [`run`] did.
+pub struct FitOutcome {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub intervention: Intervention,
+    /// Loaded from the fixture cache rather than fitted now.
+    pub cached: bool,
+}
+
+/// Fit `cfg` on `model` and save it into `out` (default: the fixture cache, reused
+/// when the model, config and data are unchanged).
+pub fn run(
+    model: &LoadedModel,
+    cfg: &FitConfig,
+    out: Option<&Path>,
+    force: bool,
+    progress: impl FnMut(usize, usize, f64),
+) -> Result<FitOutcome, ConfigError> {
+    let sites = cfg.sites().map_err(FitError::Invalid)?;
+    let (harmful, mut data) = texts(&cfg.harmful)?;
+    let (harmless, d2) = texts(&cfg.harmless)?;
+    data.extend(d2);
+    let fingerprint = artifact::model_fingerprint(model)?;
+    let cache = fixture_dir(&fingerprint, cfg, &data);
+    let dir = out.map(Path::to_path_buf).unwrap_or_else(|| cache.clone());
+    if !force && dir.join(artifact::MANIFEST).is_file() && out.is_none() {
+        let (intervention, manifest) = artifact::load(&dir, model)?;
+        return Ok(FitOutcome {
+            dir,
+            manifest,
+            intervention,
+            cached: true,
+        });
+    }
+    let c = Contrast { harmful, harmless };
+    let mut hyper = BTreeMap::from([("max_tokens".to_string(), cfg.max_tokens as f64)]);
+    let (iv, training) = match cfg.kind {
+        Kind::Offset => (
+            fit::fit_offset(model, &c, &sites, cfg.offset.alpha, cfg.max_tokens)?,
+            None,
+        ),
+        Kind::Ablate => (
+            fit::fit_ablate(model, &c, &sites, cfg.ablate.mode, cfg.max_tokens)?,
+            None,
+        ),
+        Kind::LowRank => {
+            let lr = cfg.low_rank.resolve(cfg.max_tokens);
+            hyper.extend([
+                ("rank".to_string(), lr.rank as f64),
+                ("steps".to_string(), lr.steps as f64),
+                ("lr".to_string(), lr.lr),
+                ("batch".to_string(), lr.batch as f64),
+                ("retain_weight".to_string(), lr.retain_weight),
+            ]);
+            let (iv, t) = fit::fit_low_rank(model, &c, &sites, &lr, progress)?;
+            (iv, Some(t))
+        }
+        Kind::None => (Intervention::None, None),
+    };
+    let manifest = artifact::save(
+        &dir,
+        &iv,
+        model,
+        &Provenance {
+            hyperparameters: hyper,
+            data,
+            training,
+        },
+    )?;
+    Ok(FitOutcome {
+        dir,
+        manifest,
+        intervention: iv,
+        cached: false,
+    })
+}

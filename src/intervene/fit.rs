@@ -1,0 +1,491 @@
+//! Fitting interventions on the fit split: steering vectors and ablation directions from
+//! mean activation differences, and low-rank circuit breakers trained with candle
+//! autograd (AdamW) on a representation-rerouting loss plus a retain loss, as in Circuit
+//! Breakers (Zou et al. 2024) with LoReFT's low-rank edit (Wu et al. 2024) as the
+//! trainable part.
+//!
+//! Texts come as a [`Contrast`]: `harmful` (the behaviour to break, e.g. toxic prompts)
+//! and `harmless` (text whose processing must not change). Callers build it from
+//! [`crate::tasks::load_fit`] only, so no item a gate scores shapes an intervention.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::artifact::{CurvePoint, Training};
+use super::{AblateMode, Intervention, LowRankEdit};
+use crate::model::generate::pad_right;
+use crate::model::{HookPoint, Hooks, LoadedModel, ModelError};
+
+#[derive(Debug, Clone, Default)]
+pub struct Contrast {
+    pub harmful: Vec<String>,
+    pub harmless: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("fit: {0}")]
+    Invalid(String),
+}
+
+impl From<candle_core::Error> for FitError {
+    fn from(e: candle_core::Error) -> Self {
+        FitError::Model(e.into())
+    }
+}
+
+/// Token ids of each text, cut to `max_tokens` (at least one token each).
+fn encode_all(
+    model: &LoadedModel,
+    texts: &[String],
+    max_tokens: usize,
+) -> Result<Vec<Vec<u32>>, FitError> {
+    texts
+        .iter()
+        .map(|t| {
+            let mut ids = model.encode(t)?;
+            ids.truncate(max_tokens.max(1));
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// `[b, t, 1]` 1.0 at real positions from `from` on, 0.0 at padding and before.
+fn pad_mask(seqs: &[Vec<u32>], from: usize, dev: &Device) -> candle_core::Result<Tensor> {
+    let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut m = vec![0f32; seqs.len() * t];
+    for (i, s) in seqs.iter().enumerate() {
+        for j in from.min(s.len().saturating_sub(1))..s.len() {
+            m[i * t + j] = 1.0;
+        }
+    }
+    Tensor::from_vec(m, (seqs.len(), t, 1), dev)
+}
+
+/// Per hook point, the mean activation over every real token of every text: `[d]`.
+pub fn mean_activations(
+    model: &LoadedModel,
+    texts: &[String],
+    points: &[HookPoint],
+    max_tokens: usize,
+    batch: usize,
+) -> Result<BTreeMap<HookPoint, Tensor>, FitError> {
+    if texts.is_empty() {
+        return Err(FitError::Invalid("no texts to average over".into()));
+    }
+    let seqs = encode_all(model, texts, max_tokens)?;
+    let dev = model.device();
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let hooks = Hooks::new().read_all(points.iter().copied());
+    let mut sums: BTreeMap<HookPoint, Tensor> = BTreeMap::new();
+    let mut count = 0usize;
+    for chunk in seqs.chunks(batch.max(1)) {
+        let ids = pad_right(chunk, pad, dev)?;
+        let mask = pad_mask(chunk, 0, dev)?;
+        let out = model
+            .model
+            .forward_at(&ids, None, &hooks, crate::model::LogitsAt::Last)?;
+        for p in points {
+            let a = out
+                .cache
+                .get(*p)
+                .ok_or_else(|| FitError::Invalid(format!("hook {p} did not fire")))?
+                .to_dtype(DType::F32)?;
+            let s = a.broadcast_mul(&mask)?.sum((0, 1))?;
+            let e = sums.remove(p);
+            sums.insert(
+                *p,
+                match e {
+                    Some(prev) => (prev + s)?,
+                    None => s,
+                },
+            );
+        }
+        count += chunk.iter().map(Vec::len).sum::<usize>();
+    }
+    sums.into_iter()
+        .map(|(p, s)| Ok((p, (s / count as f64)?)))
+        .collect()
+}
+
+/// Steering vectors `v = mean(harmless) − mean(harmful)` per site, added with `alpha`.
+pub fn fit_offset(
+    model: &LoadedModel,
+    c: &Contrast,
+    sites: &[HookPoint],
+    alpha: f64,
+    max_tokens: usize,
+) -> Result<Intervention, FitError> {
+    let (bad, good) = means(model, c, sites, max_tokens)?;
+    let sites = sites
+        .iter()
+        .map(|p| Ok((*p, (&good[p] - &bad[p])?)))
+        .collect::<Result<Vec<_>, FitError>>()?;
+    Ok(Intervention::Offset { alpha, sites })
+}
+
+/// Ablation at each site: the harmful-minus-harmless direction projected out, or the
+/// activation replaced by its mean over all fit texts, or zero.
+pub fn fit_ablate(
+    model: &LoadedModel,
+    c: &Contrast,
+    sites: &[HookPoint],
+    mode: AblateMode,
+    max_tokens: usize,
+) -> Result<Intervention, FitError> {
+    if mode == AblateMode::Zero {
+        return Ok(Intervention::Ablate {
+            mode,
+            sites: sites.iter().map(|p| (*p, None)).collect(),
+        });
+    }
+    let (bad, good) = means(model, c, sites, max_tokens)?;
+    let sites = sites
+        .iter()
+        .map(|p| {
+            let t = match mode {
+                AblateMode::Direction => (&bad[p] - &good[p])?,
+                _ => ((&bad[p] + &good[p])? * 0.5)?,
+            };
+            Ok((*p, Some(t)))
+        })
+        .collect::<Result<Vec<_>, FitError>>()?;
+    Ok(Intervention::Ablate { mode, sites })
+}
+
+type Means = BTreeMap<HookPoint, Tensor>;
+
+fn means(
+    model: &LoadedModel,
+    c: &Contrast,
+    sites: &[HookPoint],
+    max_tokens: usize,
+) -> Result<(Means, Means), FitError> {
+    if c.harmful.is_empty() || c.harmless.is_empty() {
+        return Err(FitError::Invalid(format!(
+            "need harmful and harmless texts (got {} and {})",
+            c.harmful.len(),
+            c.harmless.len()
+        )));
+    }
+    Ok((
+        mean_activations(model, &c.harmful, sites, max_tokens, 8)?,
+        mean_activations(model, &c.harmless, sites, max_tokens, 8)?,
+    ))
+}
+
+/// Hyperparameters of a low-rank circuit breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowRankConfig {
+    pub rank: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Harmful and harmless texts per step (each).
+    pub batch: usize,
+    pub max_tokens: usize,
+    /// Layer whose residual stream the losses read (default: 5 past the last site,
+    /// capped at the last layer), so the breaker must disrupt what comes downstream.
+    pub target_layer: Option<usize>,
+    /// Weight of the retain loss relative to rerouting (both on Circuit Breakers'
+    /// schedule: rerouting fades from 1 to ½, retain grows from 0 to ½ of this).
+    pub retain_weight: f64,
+    /// Share of texts held out for early stopping.
+    pub heldout: f64,
+    /// Evaluate the held-out loss every this many steps; stop after `patience` evaluations
+    /// without improvement.
+    pub eval_every: usize,
+    pub patience: usize,
+    pub seed: u64,
+}
+
+impl Default for LowRankConfig {
+    fn default() -> Self {
+        LowRankConfig {
+            rank: 4,
+            steps: 150,
+            lr: 5e-3,
+            weight_decay: 0.0,
+            batch: 8,
+            max_tokens: 48,
+            target_layer: None,
+            retain_weight: 10.0,
+            heldout: 0.15,
+            eval_every: 10,
+            patience: 4,
+            seed: 0,
+        }
+    }
+}
+
+/// Train a LoReFT breaker at `sites` (residual-stream-shaped hook points). Returns the
+/// intervention (at its best held-out loss) and its training record.
+pub fn fit_low_rank(
+    model: &LoadedModel,
+    c: &Contrast,
+    sites: &[HookPoint],
+    cfg: &LowRankConfig,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<(Intervention, Training), FitError> {
+    let info = model.model.info();
+    let (d, n_layers) = (info.d_model, info.n_layers);
+    if sites.is_empty() || cfg.rank == 0 || cfg.steps == 0 || cfg.batch == 0 {
+        return Err(FitError::Invalid(
+            "sites, rank, steps and batch must be non-empty/positive".into(),
+        ));
+    }
+    let last = sites.iter().filter_map(|p| p.layer()).max().unwrap_or(0);
+    let target = cfg.target_layer.unwrap_or((last + 5).min(n_layers - 1));
+    if target < last || target >= n_layers {
+        return Err(FitError::Invalid(format!(
+            "target_layer {target} must lie in {last}..{n_layers} (at or after the last site)"
+        )));
+    }
+    let read = HookPoint::ResidPost(target);
+    let dev = model.device().clone();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let (mut harm, harm_held) = split_heldout(
+        encode_all(model, &c.harmful, cfg.max_tokens)?,
+        cfg.heldout,
+        &mut rng,
+    );
+    let (mut keep, keep_held) = split_heldout(
+        encode_all(model, &c.harmless, cfg.max_tokens)?,
+        cfg.heldout,
+        &mut rng,
+    );
+    if harm.is_empty() || keep.is_empty() {
+        return Err(FitError::Invalid(format!(
+            "need harmful and harmless texts to train on (got {} and {} after holding out {:.0}%)",
+            harm.len(),
+            keep.len(),
+            cfg.heldout * 100.0
+        )));
+    }
+    // R starts at zero (the breaker is the identity); W small and random so R's gradient
+    // is not zero; b zero.
+    let mut params = Vec::new();
+    let mut vars = Vec::new();
+    for (k, p) in sites.iter().enumerate() {
+        let r = Var::zeros((cfg.rank, d), DType::F32, &dev)?;
+        let w = Var::from_tensor(&seeded_normal(
+            &[cfg.rank, d],
+            1.0 / (d as f64).sqrt(),
+            cfg.seed.wrapping_add(k as u64 + 1),
+            &dev,
+        )?)?;
+        let b = Var::zeros(cfg.rank, DType::F32, &dev)?;
+        params.push((*p, r.clone(), w.clone(), b.clone()));
+        vars.extend([r, w, b]);
+    }
+    let build = |params: &[(HookPoint, Var, Var, Var)], detach: bool| -> Intervention {
+        let t = |v: &Var| {
+            if detach {
+                v.as_tensor().detach()
+            } else {
+                v.as_tensor().clone()
+            }
+        };
+        Intervention::LowRank {
+            sites: params
+                .iter()
+                .map(|(p, r, w, b)| {
+                    (
+                        *p,
+                        LowRankEdit {
+                            r: t(r),
+                            w: t(w),
+                            b: t(b),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    };
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let start = Instant::now();
+    let mut curve = Vec::new();
+    let mut best: Option<(f64, Intervention)> = None;
+    let mut since_best = 0usize;
+    let mut stopped_early = false;
+    let mut steps_done = 0;
+    let (mut hi, mut ki) = (0usize, 0usize);
+    for step in 0..cfg.steps {
+        let frac = step as f64 / (2.0 * cfg.steps as f64);
+        let (c_reroute, c_retain) = (1.0 - frac, cfg.retain_weight * frac);
+        let hb = next_batch(&mut harm, &mut hi, cfg.batch, &mut rng);
+        let kb = next_batch(&mut keep, &mut ki, cfg.batch, &mut rng);
+        let iv = build(&params, false);
+        let (reroute, retain) = losses(model, &iv, &hb, &kb, read, pad)?;
+        let loss = ((&reroute * c_reroute)? + (&retain * c_retain)?)?;
+        opt.backward_step(&loss)?;
+        steps_done = step + 1;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        if !lv.is_finite() {
+            return Err(FitError::Invalid(format!(
+                "loss became {lv} at step {step}; lower lr"
+            )));
+        }
+        let mut parts = BTreeMap::from([
+            ("reroute".to_string(), reroute.to_scalar::<f32>()? as f64),
+            ("retain".to_string(), retain.to_scalar::<f32>()? as f64),
+        ]);
+        if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
+            let held = build(&params, true);
+            let (r, k) = losses(model, &held, &harm_held, &keep_held, read, pad)?;
+            // Equal weights: the held-out score does not drift with the schedule.
+            let h = r.to_scalar::<f32>()? as f64
+                + cfg.retain_weight * 0.5 * k.to_scalar::<f32>()? as f64;
+            parts.insert("heldout".into(), h);
+            if best.as_ref().is_none_or(|(b, _)| h < *b) {
+                best = Some((h, held));
+                since_best = 0;
+            } else {
+                since_best += 1;
+            }
+            curve.push(CurvePoint {
+                step: step + 1,
+                loss: lv,
+                parts,
+            });
+            if since_best >= cfg.patience {
+                stopped_early = true;
+                break;
+            }
+        } else {
+            curve.push(CurvePoint {
+                step: step + 1,
+                loss: lv,
+                parts,
+            });
+        }
+        progress(step + 1, cfg.steps, lv);
+    }
+    let iv = match best {
+        Some((_, iv)) => iv,
+        None => build(&params, true),
+    };
+    Ok((
+        iv,
+        Training {
+            steps: steps_done,
+            seconds: start.elapsed().as_secs_f64(),
+            seed: cfg.seed,
+            stopped_early,
+            curve,
+        },
+    ))
+}
+
+/// Rerouting (mean over harmful tokens of ReLU(cos(h_breaker, h_original))) and retain
+/// (mean over harmless tokens of ‖h_breaker − h_original‖ / ‖h_original‖) at `read`.
+fn losses(
+    model: &LoadedModel,
+    iv: &Intervention,
+    harmful: &[Vec<u32>],
+    harmless: &[Vec<u32>],
+    read: HookPoint,
+    pad: u32,
+) -> Result<(Tensor, Tensor), FitError> {
+    let dev = model.device();
+    // The first position is the attention sink: its state is huge and nearly the same for
+    // every text, so rerouting reads the positions after it; retain reads it too, so the
+    // breaker keeps its hands off the sink.
+    let rep = |seqs: &[Vec<u32>],
+               hooks: Hooks,
+               from: usize|
+     -> Result<(Tensor, Tensor), FitError> {
+        let ids = pad_right(seqs, pad, dev)?;
+        let mask = pad_mask(seqs, from, dev)?.squeeze(2)?;
+        let out =
+            model
+                .model
+                .forward_at(&ids, None, &hooks.read(read), crate::model::LogitsAt::Last)?;
+        let h = out
+            .cache
+            .get(read)
+            .cloned()
+            .ok_or_else(|| FitError::Invalid(format!("hook {read} did not fire")))?;
+        Ok((h, mask))
+    };
+    let masked_mean = |x: &Tensor, mask: &Tensor| -> Result<Tensor, FitError> {
+        Ok((x.mul(mask)?.sum_all()? / mask.sum_all()?.to_scalar::<f32>()? as f64)?)
+    };
+    let (orig, mask) = rep(harmful, Hooks::new(), 1)?;
+    let orig = orig.detach();
+    let (new, _) = rep(harmful, iv.hooks(), 1)?;
+    let dot = (&new * &orig)?.sum(D::Minus1)?;
+    let norms = (new.sqr()?.sum(D::Minus1)?.sqrt()? * orig.sqr()?.sum(D::Minus1)?.sqrt()?)?;
+    let cos = (dot / (norms + 1e-6)?)?;
+    let reroute = masked_mean(&cos.relu()?, &mask)?;
+    let (orig, mask) = rep(harmless, Hooks::new(), 0)?;
+    let orig = orig.detach();
+    let (new, _) = rep(harmless, iv.hooks(), 0)?;
+    let dist = (&new - &orig)?.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let rel = (dist / (orig.sqr()?.sum(D::Minus1)?.sqrt()? + 1e-6)?)?;
+    let retain = masked_mean(&rel, &mask)?;
+    Ok((reroute, retain))
+}
+
+fn split_heldout(
+    mut v: Vec<Vec<u32>>,
+    share: f64,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    v.shuffle(rng);
+    let n_held = ((v.len() as f64) * share).round() as usize;
+    let n_held = n_held
+        .min(v.len().saturating_sub(1))
+        .max(usize::from(v.len() > 1));
+    let held = v.split_off(v.len() - n_held);
+    (v, held)
+}
+
+/// The next `n` sequences, reshuffling at the end of each epoch.
+fn next_batch(v: &mut [Vec<u32>], at: &mut usize, n: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<u32>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.min(v.len()) {
+        if *at >= v.len() {
+            v.shuffle(rng);
+            *at = 0;
+        }
+        out.push(v[*at].clone());
+        *at += 1;
+    }
+    out
+}
+
+fn seeded_normal(
+    shape: &[usize],
+    std: f64,
+    seed: u64,
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, shape, dev)
+}

@@ -1,0 +1,9 @@
+//! Finding where a behaviour lives: causal tracing (ROME's noise-and-restore),
+//! activation and attribution patching, minimal circuit selection, and concept
+//! directions. Results name their sites with [`crate::model::HookPoint`]s, so an
+//! intervention can be fitted on exactly what tracing found.
+
+pub mod causal;
+pub mod circuit;
+pub mod patching;
+pub mod svg;

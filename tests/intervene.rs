@@ -1,0 +1,386 @@
+//! Interventions as writers: the identities that must hold (a zero offset and a low-rank
+//! breaker at R = 0 change nothing; a direction ablation leaves no component along it),
+//! saving and reloading gives bit-identical logits, and an artefact refuses another model
+//! or corrupted tensors. Any task runs unchanged under an intervention's hooks.
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use scalpel::intervene::artifact::{self, ArtifactError, Provenance};
+use scalpel::intervene::{AblateMode, Intervention, LowRankEdit};
+use scalpel::model::{HookPoint, Hooks, LoadedModel};
+use scalpel::tasks::{self, LoadOptions, RunContext, TaskId};
+
+const PROMPT: &str = "The weather in the mountains was cold and";
+
+fn logits(m: &LoadedModel, hooks: &Hooks) -> Tensor {
+    let ids = m.encode(PROMPT).unwrap();
+    m.forward_ids(&ids, hooks).unwrap().logits
+}
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    // Deterministic pseudo-random values without a global RNG: a hash of the index.
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| {
+            let x = ((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed)
+                .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    common::max_abs_diff(a, b)
+}
+
+#[test]
+fn identities_zero_offset_and_untrained_breaker_change_nothing() {
+    let m = common::smollm2();
+    let d = m.model.info().d_model;
+    let plain = logits(m, &Hooks::new());
+    let site = HookPoint::ResidPost(10);
+    let zero = Intervention::Offset {
+        alpha: 8.0,
+        sites: vec![(site, Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap())],
+    };
+    assert_eq!(max_diff(&plain, &logits(m, &zero.hooks())), 0.0);
+    let breaker = Intervention::LowRank {
+        sites: vec![(
+            site,
+            LowRankEdit {
+                r: Tensor::zeros((4, d), DType::F32, &Device::Cpu).unwrap(),
+                w: randn(&[4, d], 1),
+                b: randn(&[4], 2),
+            },
+        )],
+    };
+    assert_eq!(max_diff(&plain, &logits(m, &breaker.hooks())), 0.0);
+    assert_eq!(
+        max_diff(&plain, &logits(m, &Intervention::None.hooks())),
+        0.0
+    );
+    // And a real one changes the logits (the identities above are not vacuous).
+    let push = Intervention::Offset {
+        alpha: 8.0,
+        sites: vec![(site, randn(&[d], 3))],
+    };
+    assert!(max_diff(&plain, &logits(m, &push.hooks())) > 0.1);
+}
+
+#[test]
+fn direction_ablation_leaves_no_component_along_it() {
+    let m = common::smollm2();
+    let d = m.model.info().d_model;
+    let site = HookPoint::ResidPost(6);
+    let u = randn(&[d], 4);
+    let iv = Intervention::Ablate {
+        mode: AblateMode::Direction,
+        sites: vec![(site, Some(u.clone()))],
+    };
+    let ids = m.encode(PROMPT).unwrap();
+    let mut hooks = iv.hooks();
+    hooks = hooks.read(site);
+    let out = m.forward_ids(&ids, &hooks).unwrap();
+    let h = out.cache.get(site).unwrap().i(0).unwrap(); // [t, d]
+    let unit = (&u
+        / u.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64)
+        .unwrap();
+    let along = h
+        .matmul(&unit.unsqueeze(1).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let norm = h
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        along < 1e-4 * norm,
+        "component {along} along u (|h| up to {norm})"
+    );
+    // Without the ablation the component is there.
+    let out = m.forward_ids(&ids, &Hooks::new().read(site)).unwrap();
+    let h = out.cache.get(site).unwrap().i(0).unwrap();
+    let along = h
+        .matmul(&unit.unsqueeze(1).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(along > 1e-2);
+}
+
+#[test]
+fn saved_and_reloaded_interventions_give_identical_logits() {
+    let m = common::smollm2();
+    let d = m.model.info().d_model;
+    let (a, b) = (HookPoint::ResidPost(3), HookPoint::MlpOut(9));
+    let cases = [
+        Intervention::Offset {
+            alpha: 2.5,
+            sites: vec![(a, randn(&[d], 5)), (b, randn(&[d], 6))],
+        },
+        Intervention::Ablate {
+            mode: AblateMode::Mean,
+            sites: vec![(a, Some(randn(&[d], 7)))],
+        },
+        Intervention::Ablate {
+            mode: AblateMode::Zero,
+            sites: vec![(b, None)],
+        },
+        Intervention::LowRank {
+            sites: vec![(
+                a,
+                LowRankEdit {
+                    r: randn(&[2, d], 8),
+                    w: randn(&[2, d], 9),
+                    b: randn(&[2], 10),
+                },
+            )],
+        },
+    ];
+    for iv in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let prov = Provenance::default();
+        let saved = artifact::save(dir.path(), &iv, m, &prov).unwrap();
+        let (back, manifest) = artifact::load(dir.path(), m).unwrap();
+        assert_eq!(manifest, saved);
+        assert_eq!(back.kind(), iv.kind());
+        assert_eq!(back.points(), iv.points());
+        let (x, y) = (logits(m, &iv.hooks()), logits(m, &back.hooks()));
+        assert_eq!(max_diff(&x, &y), 0.0, "{}", iv.kind());
+    }
+}
+
+#[test]
+fn an_artefact_refuses_another_model_and_corrupt_tensors() {
+    let m = common::smollm2();
+    let d = m.model.info().d_model;
+    let iv = Intervention::Offset {
+        alpha: 1.0,
+        sites: vec![(HookPoint::ResidPost(1), randn(&[d], 11))],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    artifact::save(dir.path(), &iv, m, &Provenance::default()).unwrap();
+    let other = common::tiny_gpt2();
+    match artifact::load(dir.path(), &other) {
+        Err(e @ ArtifactError::WrongModel { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("smollm2-135m-instruct") && msg.contains("tiny-gpt2"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected WrongModel, got {:?}", other.map(|x| x.1)),
+    }
+    let t = dir.path().join(artifact::TENSORS);
+    let mut bytes = std::fs::read(&t).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&t, bytes).unwrap();
+    let e = artifact::load(dir.path(), m).unwrap_err().to_string();
+    assert!(
+        e.contains("intervention.safetensors") && e.contains("corrupt"),
+        "{e}"
+    );
+    // A manifest with an unknown field is an error naming the file and the field.
+    let yaml = dir.path().join(artifact::MANIFEST);
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, format!("{text}colour: blue\n")).unwrap();
+    let e = artifact::load(dir.path(), m).unwrap_err().to_string();
+    assert!(
+        e.contains("intervention.yaml") && e.contains("colour"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tasks_run_unchanged_under_an_interventions_hooks() {
+    let m = common::smollm2();
+    let d = m.model.info().d_model;
+    let task = tasks::load(
+        TaskId::Copa,
+        &LoadOptions {
+            limit: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let run = |hooks: Hooks| {
+        let mut progress = |_: usize, _: usize| {};
+        let mut cx = RunContext::new(m, &mut progress);
+        cx.hooks = hooks;
+        serde_json::to_value(task.run(&mut cx).unwrap()).unwrap()
+    };
+    let plain = run(Hooks::new());
+    assert_eq!(run(Intervention::None.hooks()), plain);
+    let push = Intervention::Offset {
+        alpha: 20.0,
+        sites: vec![(HookPoint::ResidPost(15), randn(&[d], 12))],
+    };
+    let pushed = run(push.hooks());
+    assert_ne!(
+        pushed["items"][0]["loglikelihoods"],
+        plain["items"][0]["loglikelihoods"]
+    );
+}
+
+fn contrast() -> scalpel::intervene::fit::Contrast {
+    scalpel::intervene::fit::Contrast {
+        harmful: vec![
+            "You are a stupid idiot and I hate you".into(),
+            "Shut up, you worthless piece of trash".into(),
+            "What a disgusting moron, go to hell".into(),
+            "I will kill you, you filthy rat".into(),
+            "Nobody likes you, you pathetic loser".into(),
+        ],
+        harmless: vec![
+            "The river flows gently through the valley in spring".into(),
+            "She baked bread for her neighbours on Sunday".into(),
+            "The committee approved the new library budget".into(),
+            "Autumn leaves covered the quiet park".into(),
+            "He studied the map before the long journey".into(),
+        ],
+    }
+}
+
+#[test]
+fn offset_is_the_mean_difference_and_direction_ablation_its_opposite() {
+    use scalpel::intervene::fit::{fit_ablate, fit_offset, mean_activations};
+    let m = common::smollm2();
+    let c = contrast();
+    let site = HookPoint::ResidPost(8);
+    let bad = mean_activations(m, &c.harmful, &[site], 48, 2).unwrap();
+    let good = mean_activations(m, &c.harmless, &[site], 48, 3).unwrap();
+    // Batching does not change a mean: one text at a time gives the same vector.
+    let bad1 = mean_activations(m, &c.harmful, &[site], 48, 1).unwrap();
+    assert!(max_diff(&bad[&site], &bad1[&site]) < 1e-4);
+    let Intervention::Offset { alpha, sites } = fit_offset(m, &c, &[site], 3.0, 48).unwrap() else {
+        panic!("offset expected")
+    };
+    assert_eq!(alpha, 3.0);
+    let want = (&good[&site] - &bad[&site]).unwrap();
+    assert!(max_diff(&sites[0].1, &want) < 1e-4);
+    let Intervention::Ablate { sites, .. } =
+        fit_ablate(m, &c, &[site], AblateMode::Direction, 48).unwrap()
+    else {
+        panic!("ablate expected")
+    };
+    let u = sites[0].1.clone().unwrap();
+    assert!(max_diff(&u, &want.neg().unwrap()) < 1e-4);
+}
+
+#[test]
+fn a_low_rank_breaker_learns_to_reroute_harmful_text_and_keep_harmless_text() {
+    use scalpel::intervene::fit::{fit_low_rank, LowRankConfig};
+    let m = common::smollm2();
+    let c = contrast();
+    let cfg = LowRankConfig {
+        rank: 2,
+        steps: 30,
+        batch: 4,
+        max_tokens: 16,
+        heldout: 0.2,
+        eval_every: 5,
+        patience: 10,
+        lr: 1e-1,
+        ..Default::default()
+    };
+    let site = HookPoint::ResidPost(6);
+    let (iv, t) = fit_low_rank(m, &c, &[site], &cfg, |_, _, _| {}).unwrap();
+    let first = &t.curve[0].parts;
+    let last = &t.curve.last().unwrap().parts;
+    // At R = 0 the breaker is the identity: cos = 1, distance 0.
+    assert!((first["reroute"] - 1.0).abs() < 1e-3, "{first:?}");
+    assert!(first["retain"] < 1e-4, "{first:?}");
+    assert!(
+        last["reroute"] < 0.9 * first["reroute"],
+        "rerouting did not drop: {:?}",
+        t.curve
+    );
+    assert_eq!(t.steps, 30);
+    // The fitted breaker changes harmful text's representation more than harmless text's.
+    let target = HookPoint::ResidPost(11);
+    let shift = |text: &str| {
+        let ids = m.encode(text).unwrap();
+        let a = m.forward_ids(&ids, &Hooks::new().read(target)).unwrap();
+        let b = m.forward_ids(&ids, &iv.hooks().read(target)).unwrap();
+        let (a, b) = (a.cache.get(target).unwrap(), b.cache.get(target).unwrap());
+        let num = (a - b)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        num / a
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let harm: f32 = c.harmful.iter().map(|t| shift(t)).sum::<f32>() / 5.0;
+    let keep: f32 = c.harmless.iter().map(|t| shift(t)).sum::<f32>() / 5.0;
+    assert!(harm > keep, "harmful shift {harm} vs harmless {keep}");
+}
+
+#[test]
+fn fit_config_errors_name_the_file_line_and_field() {
+    use scalpel::intervene::config::FitConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("fit.yaml");
+    for (body, needles) in [
+        (
+            "kind: offset\nsites: [blocks.3.hook_resid_post]\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: perplexity_wiki}]\ncolour: blue\n",
+            vec!["fit.yaml", "colour", "line 5"],
+        ),
+        (
+            "kind: offset\nsites: [blocks.3.hook_resid_pots]\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: perplexity_wiki}]\n",
+            vec!["fit.yaml", "sites[0]", "hook_resid_pots"],
+        ),
+        (
+            "kind: steer\nsites: [blocks.3.hook_resid_post]\nharmful: []\nharmless: []\n",
+            vec!["fit.yaml", "steer", "line 1"],
+        ),
+        (
+            "kind: offset\nsites: [blocks.3.hook_resid_post]\nharmful: [{task: realtoxicityprompts, limit: many}]\nharmless: [{task: perplexity_wiki}]\n",
+            vec!["fit.yaml", "line 3"],
+        ),
+    ] {
+        std::fs::write(&f, body).unwrap();
+        let e = FitConfig::read(&f).unwrap_err().to_string();
+        for n in needles {
+            assert!(e.contains(n), "expected '{n}' in: {e}");
+        }
+    }
+}

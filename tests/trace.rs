@@ -1,0 +1,213 @@
+//! Causal tracing on SmolLM2: the machinery's invariants (no noise, no effect; restoring
+//! a whole layer gives back the clean run) and ROME's factual-recall pattern.
+
+mod common;
+
+use scalpel::model::HookPoint;
+use scalpel::trace::causal::{TraceConfig, TraceKind, Tracer};
+
+const PROMPT: &str = "The Eiffel Tower is located in the city of";
+const SUBJECT: &str = "The Eiffel Tower";
+
+#[test]
+fn subject_positions_cover_the_subject_tokens() {
+    let m = common::smollm2();
+    let t = Tracer::new(m, PROMPT, "Eiffel Tower", None, TraceConfig::default()).unwrap();
+    let covered: String = t
+        .subject_positions
+        .iter()
+        .map(|&p| t.tokens[p].as_str())
+        .collect();
+    assert_eq!(covered.trim(), "Eiffel Tower", "{:?}", t.tokens);
+    assert!(Tracer::new(m, PROMPT, "Louvre", None, TraceConfig::default()).is_err());
+}
+
+#[test]
+fn zero_noise_gives_zero_effect_and_whole_layers_restore_the_clean_run() {
+    let m = common::smollm2();
+    let cfg = TraceConfig {
+        noise: 0.0,
+        samples: 2,
+        ..TraceConfig::default()
+    };
+    let t = Tracer::new(m, PROMPT, SUBJECT, Some(" Paris"), cfg).unwrap();
+    assert!((t.p_corrupt - t.p_clean).abs() < 1e-5);
+    let r = t.sweep(|_, _| {}).unwrap();
+    let worst = r.effect.iter().flatten().fold(0f64, |a, x| a.max(x.abs()));
+    assert!(worst < 1e-5, "max |effect| with no noise: {worst}");
+
+    let t = Tracer::new(m, PROMPT, SUBJECT, Some(" Paris"), TraceConfig::default()).unwrap();
+    assert!(
+        t.p_clean - t.p_corrupt > 0.05,
+        "noise must hurt: clean {} corrupt {}",
+        t.p_clean,
+        t.p_corrupt
+    );
+    let n = m.model.info().n_layers;
+    let sites = [
+        t.all_positions(HookPoint::ResidPost(0)),
+        t.all_positions(HookPoint::ResidPost(n / 2)),
+        t.all_positions(HookPoint::Embed),
+    ];
+    for (site, p) in sites.iter().zip(t.restore_many(&sites).unwrap()) {
+        assert!(
+            (p - t.p_clean).abs() < 1e-4,
+            "{:?}: {p} vs {}",
+            site.points(),
+            t.p_clean
+        );
+    }
+}
+
+/// ROME's Figure 1 on SmolLM2: restoring the last subject token's state in early and
+/// middle layers brings the answer back, as does the last token's in late layers, and
+/// other tokens matter little. (On "The Eiffel Tower" the early-layer effect sits at
+/// "iffel" rather than at " Tower": these two prompts' subjects end on the token that
+/// names them.)
+#[test]
+fn factual_recall_shows_romes_pattern() {
+    let m = common::smollm2();
+    let n = m.model.info().n_layers;
+    for (prompt, subject, target) in [
+        (
+            "The Colosseum is located in the city of",
+            "The Colosseum",
+            " Rome",
+        ),
+        (
+            "The Great Wall is located in the country of",
+            "The Great Wall",
+            " China",
+        ),
+    ] {
+        let cfg = TraceConfig {
+            samples: 3,
+            ..TraceConfig::default()
+        };
+        let t = Tracer::new(m, prompt, subject, Some(target), cfg).unwrap();
+        let r = t.sweep(|_, _| {}).unwrap();
+        let total = r.p_clean - r.p_corrupt;
+        assert!(
+            total > 0.3,
+            "{prompt}: clean {} corrupt {}",
+            r.p_clean,
+            r.p_corrupt
+        );
+        let col = |p: usize, layers: std::ops::Range<usize>| -> Vec<f64> {
+            layers.map(|l| r.effect[l][p]).collect()
+        };
+        let max = |v: Vec<f64>| v.into_iter().fold(f64::MIN, f64::max);
+        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        let subj = *r.subject_positions.last().unwrap();
+        let last = r.tokens.len() - 1;
+        let early_mid = 0..2 * n / 3;
+        assert!(
+            max(col(subj, early_mid.clone())) > 0.4 * total,
+            "{prompt}: last subject token {:?}",
+            col(subj, 0..n)
+        );
+        assert!(
+            mean(col(last, n - 5..n)) > 0.5 * total,
+            "{prompt}: {:?}",
+            col(last, 0..n)
+        );
+        assert!(
+            mean(col(last, 0..n / 2)) < 0.1 * total,
+            "{prompt}: {:?}",
+            col(last, 0..n)
+        );
+        for p in subj + 1..last {
+            assert!(
+                max(col(p, 0..n)) < 0.25 * total,
+                "{prompt}: token {p} {:?}",
+                col(p, 0..n)
+            );
+        }
+    }
+}
+
+#[test]
+fn mlp_and_attention_windows_are_centred_and_clamped() {
+    let m = common::smollm2();
+    let n = m.model.info().n_layers;
+    let cfg = |kind| TraceConfig {
+        kind,
+        samples: 1,
+        ..TraceConfig::default()
+    };
+    let t = Tracer::new(m, PROMPT, SUBJECT, None, cfg(TraceKind::Mlp)).unwrap();
+    let layers = |s: scalpel::trace::causal::Site| -> Vec<usize> {
+        s.points().iter().map(|p| p.layer().unwrap()).collect()
+    };
+    assert_eq!(layers(t.site(0, 2)), (0..5).collect::<Vec<_>>());
+    assert_eq!(layers(t.site(12, 2)), (7..17).collect::<Vec<_>>());
+    assert_eq!(layers(t.site(n - 1, 2)), (n - 6..n).collect::<Vec<_>>());
+    assert!(t
+        .site(12, 2)
+        .points()
+        .iter()
+        .all(|p| matches!(p, HookPoint::MlpOut(_))));
+    let t = Tracer::new(m, PROMPT, SUBJECT, None, cfg(TraceKind::Attn)).unwrap();
+    assert!(t
+        .site(3, 1)
+        .points()
+        .iter()
+        .all(|p| matches!(p, HookPoint::AttnOut(_))));
+}
+
+/// Attribution patching (one backward pass) ranks sites like real activation patching on
+/// the same sites, on an indirect-object prompt pair.
+#[test]
+fn attribution_patching_ranks_sites_like_activation_patching() {
+    use scalpel::trace::circuit::select;
+    use scalpel::trace::patching::{sites, spearman, Metric, Patcher, SiteFamily};
+    let m = common::smollm2();
+    let clean = "When Mary and John went to the store, John gave a drink to";
+    let corrupt = "When Mary and John went to the store, Mary gave a drink to";
+    let tok = |s: &str| m.encode(s).unwrap()[0];
+    let metric = Metric::LogitDiff {
+        good: tok(" Mary"),
+        bad: tok(" John"),
+    };
+    let t = m.encode(clean).unwrap().len();
+    for (family, min_rho) in [(SiteFamily::Resid, 0.8), (SiteFamily::Heads, 0.8)] {
+        let s = sites(m, family, t);
+        let points: Vec<HookPoint> = {
+            let mut v: Vec<HookPoint> = s.iter().map(|x| x.point).collect();
+            v.dedup();
+            v
+        };
+        let p = Patcher::new(m, clean, corrupt, metric.clone(), &points).unwrap();
+        assert!(
+            p.m_clean - p.m_corrupt > 0.5,
+            "clean {} corrupt {}",
+            p.m_clean,
+            p.m_corrupt
+        );
+        let real = p.patch(&s, 32).unwrap();
+        let approx = p.attribute(&s).unwrap();
+        let rho = spearman(&real, &approx);
+        eprintln!("{family:?}: Spearman {rho:.3} over {} sites", s.len());
+        assert!(rho > min_rho, "{family:?}: Spearman {rho}");
+        if family == SiteFamily::Heads {
+            // A few heads, patched together, carry most of the behaviour; the measured
+            // curve reaches the target share exactly where the circuit ends.
+            let c = select(&real, 0.8, 40, 8, |sets| {
+                let sets: Vec<Vec<_>> = sets
+                    .iter()
+                    .map(|ix| ix.iter().map(|&i| s[i]).collect())
+                    .collect();
+                p.patch_sets(&sets, 8)
+            })
+            .unwrap();
+            let k = c.size.expect("80% within 40 heads");
+            eprintln!(
+                "heads circuit: {k} of {} heads, curve {:?}",
+                s.len(),
+                &c.share[..k]
+            );
+            assert!(k < s.len() / 4, "{k} heads");
+            assert!(c.share[k - 1] >= 0.8 && c.share[..k - 1].iter().all(|&x| x < 0.8));
+        }
+    }
+}
