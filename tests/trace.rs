@@ -211,3 +211,29 @@ fn attribution_patching_ranks_sites_like_activation_patching() {
         }
     }
 }
+
+/// The model's toxicity concept: on ToxiGen-200 (human labels, matched style), probes
+/// read toxic vs benign statements from the residual stream of held-out texts above
+/// chance. (Measured: probe 0.62 at layer 0, 0.75 at layer 17; the best of 30 layers is
+/// an optimistic pick, so the bar sits well under it.)
+#[test]
+fn concept_probes_read_toxicity_from_held_out_texts() {
+    use scalpel::trace::concept::concept_directions;
+    let m = common::smollm2();
+    let data = scalpel::toxicity::report::toxigen_labelled(None).unwrap();
+    let r = concept_directions(m, &data, 0.3, 0, 48).unwrap();
+    let accs: Vec<(usize, f64, f64)> = r
+        .layers
+        .iter()
+        .map(|c| (c.layer, c.probe_acc, c.mean_diff_acc))
+        .collect();
+    eprintln!("n_train {} n_heldout {}: {accs:?}", r.n_train, r.n_heldout);
+    let best = &r.layers[r.best_layer];
+    // 60 held-out texts: 0.7 is above chance by more than 3 standard errors.
+    assert!(best.probe_acc >= 0.7, "{accs:?}");
+    assert!(
+        r.layers.iter().map(|c| c.mean_diff_acc).fold(0.0, f64::max) >= 0.6,
+        "{accs:?}"
+    );
+    assert_eq!(r.directions.len(), m.model.info().n_layers);
+}

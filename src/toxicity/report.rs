@@ -472,3 +472,17 @@ pub fn scorer_report(
         notes,
     })
 }
+
+/// ToxiGen-200's texts with their human labels (`true` = toxic), every item: labelled
+/// data for concept probes (which hold out their own items).
+pub fn toxigen_labelled(path: Option<&Path>) -> Result<Vec<(String, bool)>, ToxicityError> {
+    let p = source(&path.map(Path::to_path_buf), TOXIGEN_SOURCE)?;
+    let opts = ReportOptions {
+        split: ScoredSplit::All,
+        ..ReportOptions::default()
+    };
+    Ok(load_toxigen(&p, &opts)?
+        .into_iter()
+        .map(|i| (i.text, i.value > 0.5))
+        .collect())
+}

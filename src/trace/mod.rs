@@ -5,5 +5,6 @@
 
 pub mod causal;
 pub mod circuit;
+pub mod concept;
 pub mod patching;
 pub mod svg;
