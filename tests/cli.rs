@@ -390,3 +390,79 @@ fn trace_json_follows_the_contract_and_writes_the_heatmap() {
         "--kind",
     );
 }
+
+#[test]
+fn fit_writes_an_artefact_that_eval_applies_and_a_second_fit_reuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("fit.yaml");
+    fs::write(
+        &cfg,
+        "kind: offset\nsites: [blocks.12.hook_resid_post]\n\
+         harmful: [{task: realtoxicityprompts, limit: 6}]\n\
+         harmless: [{task: perplexity_wiki, limit: 6}]\nmax_tokens: 16\noffset: {alpha: 2.0}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_scalpel"));
+        c.args([
+            "fit",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--json",
+            "--device",
+            "cpu",
+        ])
+        .args(extra);
+        c.output().unwrap()
+    };
+    let out = tmp.path().join("offset");
+    let o = run(&["--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"]["kind"], "offset");
+    assert_eq!(
+        v["manifest"]["sites"],
+        serde_json::json!(["blocks.12.hook_resid_post"])
+    );
+    assert_eq!(v["manifest"]["data"][0]["split"], "fit");
+    assert_eq!(v["manifest"]["data"][0]["n"], 6);
+    let yaml = fs::read_to_string(out.join("intervention.yaml")).unwrap();
+    assert!(yaml.contains("alpha: 2.0"), "{yaml}");
+    // Into the fixture cache: fitted once, then reused while model, config and data hold.
+    let fresh: serde_json::Value = serde_json::from_slice(&run(&["--force"]).stdout).unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&run(&[]).stdout).unwrap();
+    assert_eq!(
+        (fresh["cached"].clone(), again["cached"].clone()),
+        (false.into(), true.into())
+    );
+    assert_eq!(fresh["dir"], again["dir"]);
+    assert_eq!(fresh["manifest"], again["manifest"]);
+
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--task", "copa", "--limit", "2", "--json"];
+        args.extend_from_slice(extra);
+        let o = scalpel(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let plain = eval(&[]);
+    let steered = eval(&["--intervention", out.to_str().unwrap()]);
+    assert_ne!(
+        plain["items"][0]["loglikelihoods"],
+        steered["items"][0]["loglikelihoods"]
+    );
+
+    assert_bad_input(
+        &scalpel(&[
+            "eval",
+            "--task",
+            "copa",
+            "--intervention",
+            tmp.path().join("none").to_str().unwrap(),
+        ]),
+        "intervention.yaml",
+    );
+    fs::write(&cfg, "kind: offset\nsites: [blocks.99.hook_resid_post]\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: copa}]\n").unwrap();
+    let o = run(&[]);
+    assert_bad_input(&o, "copa: its items are not plain text");
+}

@@ -70,7 +70,8 @@ fn pad_mask(seqs: &[Vec<u32>], from: usize, dev: &Device) -> candle_core::Result
     Tensor::from_vec(m, (seqs.len(), t, 1), dev)
 }
 
-/// Per hook point, the mean activation over every real token of every text: `[d]`.
+/// Per hook point, the mean activation over every token but the first of every text
+/// (the first too for one-token texts): `[d]`.
 pub fn mean_activations(
     model: &LoadedModel,
     texts: &[String],
@@ -89,7 +90,9 @@ pub fn mean_activations(
     let mut count = 0usize;
     for chunk in seqs.chunks(batch.max(1)) {
         let ids = pad_right(chunk, pad, dev)?;
-        let mask = pad_mask(chunk, 0, dev)?;
+        // Positions after the first: the attention sink's huge state differs with the first
+        // token and would dominate a mean difference added at every position.
+        let mask = pad_mask(chunk, 1, dev)?;
         let out = model
             .model
             .forward_at(&ids, None, &hooks, crate::model::LogitsAt::Last)?;
@@ -109,7 +112,10 @@ pub fn mean_activations(
                 },
             );
         }
-        count += chunk.iter().map(Vec::len).sum::<usize>();
+        count += chunk
+            .iter()
+            .map(|s| s.len().saturating_sub(1).max(1))
+            .sum::<usize>();
     }
     sums.into_iter()
         .map(|(p, s)| Ok((p, (s / count as f64)?)))
