@@ -74,6 +74,13 @@ struct TraceArgs {
     /// next token on the clean prompt.
     #[arg(long)]
     target: Option<String>,
+    /// Measure the probability of the whole --target string, not only its first token.
+    #[arg(long, requires = "target", conflicts_with = "versus")]
+    whole: bool,
+    /// Measure log p(--target) − log p(VERSUS): two continuations of the prompt (a
+    /// stereotyping and an anti-stereotyping ending, a toxic and a non-toxic one).
+    #[arg(long, requires = "target")]
+    versus: Option<String>,
     /// resid (block outputs), mlp or attn (outputs over a window of layers).
     #[arg(long, default_value = "resid")]
     kind: String,
@@ -572,7 +579,7 @@ fn run_fetch(a: FetchArgs) -> Result<()> {
 }
 
 fn run_trace(a: TraceArgs) -> Result<()> {
-    use scalpel::trace::causal::{TraceConfig, TraceKind, Tracer};
+    use scalpel::trace::causal::{Target, TraceConfig, TraceKind, Tracer};
     use scalpel::trace::svg;
     let kind: TraceKind = a
         .kind
@@ -591,7 +598,15 @@ fn run_trace(a: TraceArgs) -> Result<()> {
         ..TraceConfig::default()
     };
     let model = load(&a.model)?;
-    let tracer = Tracer::new(&model, &a.prompt, &a.subject, a.target.as_deref(), cfg)?;
+    let target = match (&a.target, &a.versus, a.whole) {
+        (Some(t), Some(v), _) => Target::Contrast {
+            more: t.clone(),
+            less: v.clone(),
+        },
+        (Some(t), None, true) => Target::Continuation(t.clone()),
+        (t, _, _) => Target::NextToken(t.clone()),
+    };
+    let tracer = Tracer::with_target(&model, &a.prompt, &a.subject, target, cfg)?;
     let n = model.model.info().n_layers * tracer.ids.len();
     let bar = progress_bar(!a.json, n, "sites", format!("trace {kind}"));
     let r = tracer.sweep(|done, total| {
@@ -630,7 +645,10 @@ fn run_trace(a: TraceArgs) -> Result<()> {
             "Impact of restoring {kind} after corrupted input ({}, p_clean {:.3}, p_corrupt {:.3})",
             model.name, r.p_clean, r.p_corrupt
         );
-        let label = format!("p({}) restored − corrupted", r.target.trim());
+        let label = match r.target_kind {
+            "contrast" => format!("gap {} restored − corrupted", r.target),
+            _ => format!("p({}) restored − corrupted", r.target.trim()),
+        };
         let doc = svg::render(&svg::Heatmap {
             title: &title,
             row_labels: &rows,

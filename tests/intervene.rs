@@ -384,3 +384,27 @@ fn fit_config_errors_name_the_file_line_and_field() {
         }
     }
 }
+
+#[test]
+fn offset_strength_search_keeps_the_largest_alpha_within_the_perplexity_budget() {
+    use scalpel::intervene::fit::fit_offset_search;
+    let m = common::smollm2();
+    let c = contrast();
+    let site = HookPoint::ResidPost(12);
+    let alphas = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0];
+    let (iv, search) = fit_offset_search(m, &c, &[site], &alphas, 0.05, 32).unwrap();
+    eprintln!("{search:?}");
+    let Intervention::Offset { alpha, .. } = iv else {
+        panic!("offset expected")
+    };
+    let passing: Vec<f64> = search
+        .iter()
+        .filter(|(_, r)| *r <= 1.05)
+        .map(|(a, _)| *a)
+        .collect();
+    assert_eq!(Some(alpha), passing.iter().copied().reduce(f64::max));
+    // The budget binds: the strongest candidate breaks it.
+    assert!(search.last().unwrap().1 > 1.05, "{search:?}");
+    // An impossible budget is an error, not a silent pick.
+    assert!(fit_offset_search(m, &c, &[site], &[8.0], 0.0, 32).is_err());
+}

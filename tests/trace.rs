@@ -237,3 +237,62 @@ fn concept_probes_read_toxicity_from_held_out_texts() {
     );
     assert_eq!(r.directions.len(), m.model.info().n_layers);
 }
+
+/// Behaviour targets beyond the next token: a whole continuation's probability and the
+/// log-likelihood gap between two continuations keep the tracing invariants, and noise
+/// on the subject moves them.
+#[test]
+fn continuation_and_contrast_targets_keep_the_invariants() {
+    use scalpel::trace::causal::Target;
+    let m = common::smollm2();
+    let prompt = "The Colosseum is located in the city of";
+    let targets = [
+        Target::Continuation(" Rome, Italy".into()),
+        Target::Contrast {
+            more: " Rome".into(),
+            less: " Paris".into(),
+        },
+    ];
+    for target in targets {
+        let quiet = TraceConfig {
+            noise: 0.0,
+            samples: 1,
+            ..TraceConfig::default()
+        };
+        let t = Tracer::with_target(m, prompt, "The Colosseum", target.clone(), quiet).unwrap();
+        assert!((t.p_clean - t.p_corrupt).abs() < 1e-4, "{target:?}");
+        let cfg = TraceConfig {
+            samples: 3,
+            ..TraceConfig::default()
+        };
+        let t = Tracer::with_target(m, prompt, "The Colosseum", target.clone(), cfg).unwrap();
+        eprintln!("{target:?}: clean {} corrupt {}", t.p_clean, t.p_corrupt);
+        assert!(
+            t.p_clean > t.p_corrupt + 0.05,
+            "{target:?}: {} vs {}",
+            t.p_clean,
+            t.p_corrupt
+        );
+        let whole = t.all_positions(HookPoint::ResidPost(4));
+        let back = t.restore_many(&[whole]).unwrap()[0];
+        assert!(
+            (back - t.p_clean).abs() < 1e-3 * t.p_clean.abs().max(1.0),
+            "{back} vs {}",
+            t.p_clean
+        );
+    }
+    // The contrast is log p(Rome) − log p(Paris): positive on the clean prompt.
+    let t = Tracer::with_target(
+        m,
+        prompt,
+        "The Colosseum",
+        Target::Contrast {
+            more: " Rome".into(),
+            less: " Paris".into(),
+        },
+        TraceConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(t.target_kind, "contrast");
+    assert!(t.p_clean > 2.0, "gap {}", t.p_clean);
+}

@@ -61,12 +61,32 @@ pub struct DataSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OffsetConfig {
+    /// The strength; ignored when `alphas` is given.
+    #[serde(default = "default_alpha")]
     pub alpha: f64,
+    /// Candidate strengths: the largest whose perplexity on held-out harmless fit texts
+    /// rises by at most `max_perplexity_increase` is taken.
+    #[serde(default)]
+    pub alphas: Vec<f64>,
+    #[serde(default = "default_max_ppl")]
+    pub max_perplexity_increase: f64,
+}
+
+fn default_alpha() -> f64 {
+    1.0
+}
+
+fn default_max_ppl() -> f64 {
+    0.05
 }
 
 impl Default for OffsetConfig {
     fn default() -> Self {
-        OffsetConfig { alpha: 4.0 }
+        OffsetConfig {
+            alpha: default_alpha(),
+            alphas: Vec::new(),
+            max_perplexity_increase: default_max_ppl(),
+        }
     }
 }
 
@@ -258,6 +278,22 @@ pub fn run(
     let c = Contrast { harmful, harmless };
     let mut hyper = BTreeMap::from([("max_tokens".to_string(), cfg.max_tokens as f64)]);
     let (iv, training) = match cfg.kind {
+        Kind::Offset if !cfg.offset.alphas.is_empty() => {
+            let o = &cfg.offset;
+            let (iv, search) = fit::fit_offset_search(
+                model,
+                &c,
+                &sites,
+                &o.alphas,
+                o.max_perplexity_increase,
+                cfg.max_tokens,
+            )?;
+            for (a, ratio) in &search {
+                hyper.insert(format!("perplexity_ratio_at_alpha_{a}"), *ratio);
+            }
+            hyper.insert("max_perplexity_increase".into(), o.max_perplexity_increase);
+            (iv, None)
+        }
         Kind::Offset => (
             fit::fit_offset(model, &c, &sites, cfg.offset.alpha, cfg.max_tokens)?,
             None,

@@ -138,6 +138,89 @@ pub fn fit_offset(
     Ok(Intervention::Offset { alpha, sites })
 }
 
+/// [`fit_offset`] with the strength searched: `v` is fitted on the harmful texts and 70%
+/// of the harmless ones; each candidate α is applied to the other 30%, and the largest α
+/// whose perplexity there rises by at most `max_increase` (e.g. 0.05) is kept. Returns
+/// the intervention and each candidate's perplexity ratio.
+pub fn fit_offset_search(
+    model: &LoadedModel,
+    c: &Contrast,
+    sites: &[HookPoint],
+    alphas: &[f64],
+    max_increase: f64,
+    max_tokens: usize,
+) -> Result<(Intervention, Vec<(f64, f64)>), FitError> {
+    if c.harmless.len() < 4 {
+        return Err(FitError::Invalid(format!(
+            "searching alpha needs at least 4 harmless texts (got {})",
+            c.harmless.len()
+        )));
+    }
+    let cut = c.harmless.len() * 7 / 10;
+    let fit_part = Contrast {
+        harmful: c.harmful.clone(),
+        harmless: c.harmless[..cut].to_vec(),
+    };
+    let check = encode_all(model, &c.harmless[cut..], max_tokens)?;
+    let Intervention::Offset { sites: vs, .. } =
+        fit_offset(model, &fit_part, sites, 1.0, max_tokens)?
+    else {
+        return Err(FitError::Invalid("offset fit returned another kind".into()));
+    };
+    let base = mean_nll(model, &check, &Hooks::new())?;
+    let mut sorted: Vec<f64> = alphas.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mut search = Vec::new();
+    let mut best = None;
+    for a in sorted {
+        let iv = Intervention::Offset {
+            alpha: a,
+            sites: vs.clone(),
+        };
+        let ratio = (mean_nll(model, &check, &iv.hooks())? - base).exp();
+        search.push((a, ratio));
+        if ratio <= 1.0 + max_increase {
+            best = Some(a);
+        }
+    }
+    let alpha = best.ok_or_else(|| {
+        FitError::Invalid(format!(
+            "no alpha keeps the held-out perplexity within +{:.0}% (ratios {search:?})",
+            max_increase * 100.0
+        ))
+    })?;
+    Ok((Intervention::Offset { alpha, sites: vs }, search))
+}
+
+/// Mean next-token negative log-likelihood over every predicted token of `seqs`.
+pub fn mean_nll(model: &LoadedModel, seqs: &[Vec<u32>], hooks: &Hooks) -> Result<f64, FitError> {
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let (mut sum, mut n) = (0.0, 0usize);
+    for chunk in seqs.chunks(8) {
+        let ids = pad_right(chunk, pad, model.device())?;
+        let logits = model
+            .model
+            .forward(&ids, None, hooks)?
+            .logits
+            .to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        for (i, s) in chunk.iter().enumerate() {
+            if s.len() < 2 {
+                continue;
+            }
+            let rows = logp.get(i)?.narrow(0, 0, s.len() - 1)?;
+            let next = Tensor::new(&s[1..], model.device())?.unsqueeze(1)?;
+            let picked = rows.gather(&next, 1)?.sum_all()?.to_scalar::<f32>()? as f64;
+            sum -= picked;
+            n += s.len() - 1;
+        }
+    }
+    if n == 0 {
+        return Err(FitError::Invalid("no tokens to score perplexity on".into()));
+    }
+    Ok(sum / n as f64)
+}
+
 /// Ablation at each site: the harmful-minus-harmless direction projected out, or the
 /// activation replaced by its mean over all fit texts, or zero.
 pub fn fit_ablate(

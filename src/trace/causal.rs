@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -115,20 +115,44 @@ impl From<candle_core::Error> for TraceError {
     }
 }
 
+/// What a trace measures, at the clean prompt and under each restoration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// ROME's measure: the probability of the first token of this continuation, or of
+    /// the clean run's most likely next token.
+    NextToken(Option<String>),
+    /// The probability of the whole continuation (exp of its summed log-probability).
+    Continuation(String),
+    /// `log p(more) − log p(less)` for two continuations of the prompt: a stereotyping
+    /// and an anti-stereotyping ending, a toxic and a non-toxic one.
+    Contrast { more: String, less: String },
+}
+
 /// A traced prompt, ready to restore sites in: its tokens, the clean activations, the
 /// noise, and the target.
 pub struct Tracer<'m> {
     model: &'m LoadedModel,
+    /// The prompt's token ids (the positions a sweep restores).
     pub ids: Vec<u32>,
     pub tokens: Vec<String>,
     pub subject_positions: Vec<usize>,
-    pub target_id: u32,
+    /// The next token measured (`NextToken` targets only).
+    pub target_id: Option<u32>,
+    /// The target, described.
     pub target: String,
+    pub target_kind: &'static str,
+    /// The measure on the clean and on the corrupted prompt (a probability, or for a
+    /// contrast a log-likelihood gap).
     pub p_clean: f64,
     pub p_corrupt: f64,
     cfg: TraceConfig,
+    /// Sequences run per noise sample: the prompt (next token), prompt + continuation,
+    /// or prompt + each of the two continuations; right-padded to one length.
+    seqs: Vec<Vec<u32>>,
+    padded: Tensor,
     /// `[samples, t, d]` noise, zero outside the subject.
     noise: Tensor,
+    /// Clean activations `[seqs, t, d]` of the sweep's hook points.
     clean_cache: crate::model::ActivationCache,
 }
 
@@ -173,7 +197,11 @@ pub struct TraceResult {
     pub tokens: Vec<String>,
     pub subject_positions: Vec<usize>,
     pub target: String,
-    pub target_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<u32>,
+    /// `next_token`, `continuation` (p_* are probabilities) or `contrast` (p_* are
+    /// log-likelihood gaps).
+    pub target_kind: &'static str,
     pub layers: Vec<usize>,
     pub p_clean: f64,
     pub p_corrupt: f64,
@@ -185,14 +213,31 @@ pub struct TraceResult {
 }
 
 impl<'m> Tracer<'m> {
-    /// Prepare `prompt` with `subject` corrupted. The target is the first token of
-    /// `target` as a continuation of the prompt (tokenised as lm-evaluation-harness does),
-    /// or the clean run's most likely next token.
+    /// Prepare `prompt` with `subject` corrupted, measuring ROME's next-token target:
+    /// the first token of `target` as a continuation (tokenised as lm-evaluation-harness
+    /// does), or the clean run's most likely next token.
     pub fn new(
         model: &'m LoadedModel,
         prompt: &str,
         subject: &str,
         target: Option<&str>,
+        cfg: TraceConfig,
+    ) -> Result<Self, TraceError> {
+        Self::with_target(
+            model,
+            prompt,
+            subject,
+            Target::NextToken(target.map(str::to_string)),
+            cfg,
+        )
+    }
+
+    /// Prepare `prompt` with `subject` corrupted, measuring `target`.
+    pub fn with_target(
+        model: &'m LoadedModel,
+        prompt: &str,
+        subject: &str,
+        target: Target,
         cfg: TraceConfig,
     ) -> Result<Self, TraceError> {
         if cfg.samples == 0 || cfg.batch_rows == 0 {
@@ -215,31 +260,50 @@ impl<'m> Tracer<'m> {
             .map(|&i| model.tokenizer.decode(&[i]))
             .collect::<Result<Vec<_>, _>>()?;
         let subject_positions = subject_positions(model, &ids, prompt, subject)?;
+        let continuation = |t: &str| -> Result<Vec<u32>, TraceError> {
+            let pair = encode_pair(model, &LoglikRequest::new(prompt, t))?;
+            if pair.context != ids || pair.continuation.is_empty() {
+                return Err(TraceError::Invalid(format!(
+                    "the target '{t}' merges with the end of the prompt when tokenised (or is \
+                     empty); end the prompt at a word boundary"
+                )));
+            }
+            Ok(ids.iter().chain(&pair.continuation).copied().collect())
+        };
+        let (seqs, target_kind, described) = match &target {
+            Target::NextToken(_) => (vec![ids.clone()], "next_token", String::new()),
+            Target::Continuation(t) => (vec![continuation(t)?], "continuation", t.clone()),
+            Target::Contrast { more, less } => (
+                vec![continuation(more)?, continuation(less)?],
+                "contrast",
+                format!("{more:?} vs {less:?}"),
+            ),
+        };
+        let pad = model.tokenizer.eos_id.unwrap_or(0);
+        let padded = crate::model::generate::pad_right(&seqs, pad, model.device())?;
         let n_layers = model.model.info().n_layers;
         let points: Vec<HookPoint> = (0..n_layers).map(|l| cfg.kind.point(l)).collect();
-        let clean = Hooks::new().read_all(points.iter().copied());
-        let out = model.forward_ids(&ids, &clean)?;
-        let probs = last_probs(&out.logits)?;
-        let (target_id, target) = match target {
-            Some(t) => {
-                let pair = encode_pair(model, &LoglikRequest::new(prompt, t))?;
-                let first = *pair.continuation.first().ok_or(ModelError::EmptyPrompt)?;
-                if pair.context != ids {
-                    return Err(TraceError::Invalid(format!(
-                        "the target '{t}' merges with the end of the prompt when tokenised; \
-                         end the prompt at a word boundary"
-                    )));
-                }
-                (first, model.tokenizer.decode(&[first])?)
+        let out = model.model.forward(
+            &padded,
+            None,
+            &Hooks::new().read_all(points.iter().copied()),
+        )?;
+        let (target_id, target) = match &target {
+            Target::NextToken(Some(t)) => {
+                let first = continuation(t)?[ids.len()];
+                (Some(first), model.tokenizer.decode(&[first])?)
             }
-            None => {
-                let v = probs.i(0)?.to_vec1::<f32>()?;
+            Target::NextToken(None) => {
+                let v = last_probs(&out.logits.narrow(1, 0, ids.len())?)?
+                    .i(0)?
+                    .to_vec1::<f32>()?;
                 let best = crate::model::generate::argmax(&v);
-                (best, model.tokenizer.decode(&[best])?)
+                (Some(best), model.tokenizer.decode(&[best])?)
             }
+            _ => (None, described),
         };
-        let p_clean = probs.i((0, target_id as usize))?.to_scalar::<f32>()? as f64;
-        let noise = noise(model, ids.len(), &subject_positions, &cfg)?;
+        let t_max = padded.dim(1)?;
+        let noise = noise(model, t_max, &subject_positions, &cfg)?;
         let mut tracer = Tracer {
             model,
             ids,
@@ -247,14 +311,64 @@ impl<'m> Tracer<'m> {
             subject_positions,
             target_id,
             target,
-            p_clean,
+            target_kind,
+            p_clean: 0.0,
             p_corrupt: 0.0,
             cfg,
+            seqs,
+            padded,
             noise,
             clean_cache: out.cache,
         };
+        tracer.p_clean = tracer.measure(&out.logits, 1)?[0];
         tracer.p_corrupt = tracer.restore_many(&[Site::default()])?[0];
         Ok(tracer)
+    }
+
+    /// The target's measure for each group of `seqs.len()` rows of `logits`, averaged
+    /// over `per` consecutive groups (the noise samples of one site).
+    fn measure(&self, logits: &Tensor, per: usize) -> Result<Vec<f64>, TraceError> {
+        let j = self.seqs.len();
+        let prompt_len = self.ids.len();
+        let logits = logits.to_dtype(DType::F32)?;
+        let rows = logits.dim(0)?;
+        let mut values = Vec::with_capacity(rows / j);
+        for g in 0..rows / j {
+            let v = match self.target_id {
+                Some(tok) => {
+                    // Last-position logits only, or every position of the prompt.
+                    let at = if logits.dim(1)? == 1 {
+                        0
+                    } else {
+                        prompt_len - 1
+                    };
+                    let last = logits.i((g * j, at))?;
+                    candle_nn::ops::softmax_last_dim(&last.unsqueeze(0)?)?
+                        .i((0, tok as usize))?
+                        .to_scalar::<f32>()? as f64
+                }
+                None => {
+                    let mut lps = Vec::with_capacity(j);
+                    for (k, seq) in self.seqs.iter().enumerate() {
+                        let n = seq.len() - prompt_len;
+                        let rows = logits.i(g * j + k)?.narrow(0, prompt_len - 1, n)?;
+                        let lp = candle_nn::ops::log_softmax(&rows, D::Minus1)?;
+                        let next = Tensor::new(&seq[prompt_len..], lp.device())?.unsqueeze(1)?;
+                        lps.push(lp.gather(&next, 1)?.sum_all()?.to_scalar::<f32>()? as f64);
+                    }
+                    match lps.as_slice() {
+                        [one] => one.exp(),
+                        [more, less] => more - less,
+                        _ => return Err(TraceError::Invalid("bad target sequences".into())),
+                    }
+                }
+            };
+            values.push(v);
+        }
+        Ok(values
+            .chunks(per)
+            .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+            .collect())
     }
 
     /// The sites of the sweep at `layer`, `position`: one block output, or a window of
@@ -296,6 +410,7 @@ impl<'m> Tracer<'m> {
             subject_positions: self.subject_positions.clone(),
             target: self.target.clone(),
             target_id: self.target_id,
+            target_kind: self.target_kind,
             layers: (0..n_layers).collect(),
             p_clean: self.p_clean,
             p_corrupt: self.p_corrupt,
@@ -309,34 +424,38 @@ impl<'m> Tracer<'m> {
         })
     }
 
-    /// p(target), averaged over the noise samples, with each site's clean values
-    /// restored (one site per result).
+    /// The target's measure, averaged over the noise samples, with each site's clean
+    /// values restored (one site per result).
     pub fn restore_many(&self, sites: &[Site]) -> Result<Vec<f64>, TraceError> {
         let k = self.cfg.samples;
-        let t = self.ids.len();
-        let rows = sites.len() * k;
+        let j = self.seqs.len();
+        let t = self.padded.dim(1)?;
+        let rows = sites.len() * k * j;
         let dev = self.model.device();
-        let ids = Tensor::new(self.ids.as_slice(), dev)?
-            .unsqueeze(0)?
-            .repeat((rows, 1))?;
-        let noise = self.noise.repeat((sites.len(), 1, 1))?;
+        // Row (site, sample, sequence): each sequence of a sample shares its noise.
+        let seq_of: Vec<u32> = (0..rows).map(|r| (r % j) as u32).collect();
+        let sample_of: Vec<u32> = (0..rows).map(|r| ((r / j) % k) as u32).collect();
+        let seq_idx = Tensor::new(seq_of.as_slice(), dev)?;
+        let ids = self.padded.index_select(&seq_idx, 0)?;
+        let noise = self
+            .noise
+            .index_select(&Tensor::new(sample_of.as_slice(), dev)?, 0)?;
         let mut hooks = Hooks::new().write(Writer::new(
             HookPoint::Embed,
             crate::model::hooks::AddTensor(noise),
         ));
         let points: BTreeSet<HookPoint> = sites.iter().flat_map(|s| s.points()).collect();
         for p in points {
-            let clean = self
-                .clean_cache
-                .get(p)
-                .cloned()
-                .or_else(|| self.clean_value(p).ok())
-                .ok_or_else(|| TraceError::Invalid(format!("no clean activation at {p}")))?;
+            let clean = match self.clean_cache.get(p) {
+                Some(c) => c.clone(),
+                None => self.clean_value(p)?,
+            }
+            .index_select(&seq_idx, 0)?;
             let mut mask = vec![0f32; rows * t];
             for (s, site) in sites.iter().enumerate() {
                 for &(_, pos) in site.cells.range((p, 0)..=(p, usize::MAX)) {
                     if pos < t {
-                        for r in s * k..(s + 1) * k {
+                        for r in s * k * j..(s + 1) * k * j {
                             mask[r * t + pos] = 1.0;
                         }
                     }
@@ -345,17 +464,13 @@ impl<'m> Tracer<'m> {
             let mask = Tensor::from_vec(mask, (rows, t, 1), dev)?;
             hooks.push_writer(Writer::new(p, Restore { clean, mask }));
         }
-        let out = self
-            .model
-            .model
-            .forward_at(&ids, None, &hooks, crate::model::LogitsAt::Last)?;
-        let p = last_probs(&out.logits)?
-            .i((.., self.target_id as usize))?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
-        Ok(p.chunks(k)
-            .map(|c| c.iter().sum::<f64>() / k as f64)
-            .collect())
+        let at = if self.target_id.is_some() && j == 1 && t == self.ids.len() {
+            crate::model::LogitsAt::Last
+        } else {
+            crate::model::LogitsAt::All
+        };
+        let logits = self.model.model.forward_at(&ids, None, &hooks, at)?.logits;
+        self.measure(&logits, k)
     }
 
     /// The clean activation at a hook point outside the sweep's kind (tests and circuit
