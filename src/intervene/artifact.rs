@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{AblateMode, Intervention, Kind, LowRankEdit};
+use super::{AblateMode, Intervention, Kind, LoraEdit, LowRankEdit};
 use crate::model::{HookPoint, LoadedModel};
 
 pub const MANIFEST: &str = "intervention.yaml";
@@ -98,6 +98,9 @@ pub struct Manifest {
     pub ablate_mode: Option<AblateMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
+    /// LoRA's scale `s` in `s·B A x`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_scale: Option<f64>,
     #[serde(default)]
     pub hyperparameters: BTreeMap<String, f64>,
     #[serde(default)]
@@ -215,6 +218,10 @@ pub fn save(
         },
         alpha: match iv {
             Intervention::Offset { alpha, .. } => Some(*alpha),
+            _ => None,
+        },
+        lora_scale: match iv {
+            Intervention::Lora { sites } => sites.first().map(|s| s.1.scale),
             _ => None,
         },
         hyperparameters: prov.hyperparameters.clone(),
@@ -353,6 +360,33 @@ pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest),
                 v.push((*p, e));
             }
             Intervention::LowRank { sites: v }
+        }
+        Kind::Lora => {
+            let scale = m
+                .lora_scale
+                .ok_or_else(|| bad("lora_scale: missing for kind lora".into()))?;
+            let info = model.model.info();
+            let mut v = Vec::new();
+            for p in &sites {
+                let d_in = match p {
+                    HookPoint::MlpOut(_) => info.d_mlp,
+                    HookPoint::AttnOut(_) => info.n_heads * info.d_head,
+                    other => {
+                        return Err(bad(format!(
+                            "sites: {other} is not a LoRA site (hook_mlp_out or hook_attn_out)"
+                        )))
+                    }
+                };
+                let e = LoraEdit {
+                    a: take(format!("{p}.A"))?,
+                    b: take(format!("{p}.B"))?,
+                    scale,
+                };
+                e.check(d_in, d)
+                    .map_err(|msg| tensors_err(&tpath, format!("{p}: {msg}")))?;
+                v.push((*p, e));
+            }
+            Intervention::Lora { sites: v }
         }
     };
     Ok((iv, m))

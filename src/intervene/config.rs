@@ -2,7 +2,7 @@
 //! YAML with unknown fields rejected; every error names the file, line and column.
 //!
 //! ```yaml
-//! kind: low_rank            # offset | ablate | low_rank
+//! kind: low_rank            # offset | ablate | low_rank | lora (low_rank's options)
 //! sites: [blocks.10.hook_resid_post]
 //! harmful:  [{task: realtoxicityprompts, limit: 200}]
 //! harmless: [{task: perplexity_wiki, limit: 200}]
@@ -125,6 +125,7 @@ impl LowRankYaml {
     pub fn resolve(&self, max_tokens: usize) -> LowRankConfig {
         let d = LowRankConfig::default();
         LowRankConfig {
+            form: d.form,
             rank: self.rank.unwrap_or(d.rank),
             steps: self.steps.unwrap_or(d.steps),
             lr: self.lr.unwrap_or(d.lr),
@@ -302,8 +303,11 @@ pub fn run(
             fit::fit_ablate(model, &c, &sites, cfg.ablate.mode, cfg.max_tokens)?,
             None,
         ),
-        Kind::LowRank => {
-            let lr = cfg.low_rank.resolve(cfg.max_tokens);
+        Kind::LowRank | Kind::Lora => {
+            let mut lr = cfg.low_rank.resolve(cfg.max_tokens);
+            if cfg.kind == Kind::Lora {
+                lr.form = fit::BreakerForm::Lora;
+            }
             hyper.extend([
                 ("rank".to_string(), lr.rank as f64),
                 ("steps".to_string(), lr.steps as f64),

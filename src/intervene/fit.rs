@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::artifact::{CurvePoint, Training};
-use super::{AblateMode, Intervention, LowRankEdit};
+use super::{AblateMode, Intervention, LoraEdit, LowRankEdit};
 use crate::model::generate::pad_right;
 use crate::model::{HookPoint, Hooks, LoadedModel, ModelError};
 
@@ -271,9 +271,20 @@ fn means(
     ))
 }
 
+/// The trainable part of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BreakerForm {
+    /// A LoReFT edit of the representation at each site.
+    #[default]
+    LoReft,
+    /// A LoRA update of the weight matrix whose output each site is.
+    Lora,
+}
+
 /// Hyperparameters of a low-rank circuit breaker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LowRankConfig {
+    pub form: BreakerForm,
     pub rank: usize,
     pub steps: usize,
     pub lr: f64,
@@ -299,6 +310,7 @@ pub struct LowRankConfig {
 impl Default for LowRankConfig {
     fn default() -> Self {
         LowRankConfig {
+            form: BreakerForm::LoReft,
             rank: 4,
             steps: 150,
             lr: 5e-3,
@@ -359,23 +371,55 @@ pub fn fit_low_rank(
             cfg.heldout * 100.0
         )));
     }
-    // R starts at zero (the breaker is the identity); W small and random so R's gradient
-    // is not zero; b zero.
-    let mut params = Vec::new();
+    // Both forms start as the identity with a non-zero gradient: LoReFT with R = 0 and
+    // W small and random, LoRA with B = 0 and A small and random.
+    let mut params: Vec<(HookPoint, [Var; 3])> = Vec::new();
     let mut vars = Vec::new();
     for (k, p) in sites.iter().enumerate() {
-        let r = Var::zeros((cfg.rank, d), DType::F32, &dev)?;
-        let w = Var::from_tensor(&seeded_normal(
-            &[cfg.rank, d],
-            1.0 / (d as f64).sqrt(),
-            cfg.seed.wrapping_add(k as u64 + 1),
-            &dev,
-        )?)?;
-        let b = Var::zeros(cfg.rank, DType::F32, &dev)?;
-        params.push((*p, r.clone(), w.clone(), b.clone()));
-        vars.extend([r, w, b]);
+        let seed = cfg.seed.wrapping_add(k as u64 + 1);
+        let ps = match cfg.form {
+            BreakerForm::LoReft => [
+                Var::zeros((cfg.rank, d), DType::F32, &dev)?,
+                Var::from_tensor(&seeded_normal(
+                    &[cfg.rank, d],
+                    1.0 / (d as f64).sqrt(),
+                    seed,
+                    &dev,
+                )?)?,
+                Var::zeros(cfg.rank, DType::F32, &dev)?,
+            ],
+            BreakerForm::Lora => {
+                let d_in = match p {
+                    HookPoint::MlpOut(_) => info.d_mlp,
+                    HookPoint::AttnOut(_) => info.n_heads * info.d_head,
+                    other => {
+                        return Err(FitError::Invalid(format!(
+                            "{other} is not a LoRA site (hook_mlp_out or hook_attn_out)"
+                        )))
+                    }
+                };
+                [
+                    Var::from_tensor(&seeded_normal(
+                        &[cfg.rank, d_in],
+                        1.0 / (d_in as f64).sqrt(),
+                        seed,
+                        &dev,
+                    )?)?,
+                    Var::zeros((d, cfg.rank), DType::F32, &dev)?,
+                    // Unused third slot keeps one parameter layout for both forms.
+                    Var::zeros(1, DType::F32, &dev)?,
+                ]
+            }
+        };
+        vars.extend(
+            ps.iter()
+                .take(if cfg.form == BreakerForm::Lora { 2 } else { 3 })
+                .cloned(),
+        );
+        params.push((*p, ps));
     }
-    let build = |params: &[(HookPoint, Var, Var, Var)], detach: bool| -> Intervention {
+    let form = cfg.form;
+    let build = |params: &[(HookPoint, [Var; 3])], detach: bool| -> Intervention {
         let t = |v: &Var| {
             if detach {
                 v.as_tensor().detach()
@@ -383,20 +427,37 @@ pub fn fit_low_rank(
                 v.as_tensor().clone()
             }
         };
-        Intervention::LowRank {
-            sites: params
-                .iter()
-                .map(|(p, r, w, b)| {
-                    (
-                        *p,
-                        LowRankEdit {
-                            r: t(r),
-                            w: t(w),
-                            b: t(b),
-                        },
-                    )
-                })
-                .collect(),
+        match form {
+            BreakerForm::LoReft => Intervention::LowRank {
+                sites: params
+                    .iter()
+                    .map(|(p, [r, w, b])| {
+                        (
+                            *p,
+                            LowRankEdit {
+                                r: t(r),
+                                w: t(w),
+                                b: t(b),
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+            BreakerForm::Lora => Intervention::Lora {
+                sites: params
+                    .iter()
+                    .map(|(p, [a, b, _])| {
+                        (
+                            *p,
+                            LoraEdit {
+                                a: t(a),
+                                b: t(b),
+                                scale: 1.0,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
         }
     };
     let mut opt = AdamW::new(

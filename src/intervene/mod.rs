@@ -8,6 +8,7 @@
 //! | `ablate` | `0`, the fit split's mean `μ`, or `h − (h·û)û` | `μ` or `u` per site |
 //! | `offset` | `h + α·v` (a steering vector) | `v` per site, `α` |
 //! | `low_rank` | `h + Rᵀ(W h + b − R h)` (LoReFT, Wu et al. 2024) | `R`, `W` `[r, d]`, `b` `[r]` per site |
+//! | `lora` | a weight matrix's output `+ s·B A x` (LoRA) on the MLP down or attention output projection | `A` `[r, in]`, `B` `[d, r]` per site |
 //!
 //! Fitting lives in [`fit`]; saving and loading with a manifest in [`artifact`].
 
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{HookPoint, Hooks, Writer};
 
-pub use edits::LowRankEdit;
+pub use edits::{LoraEdit, LowRankEdit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -34,16 +35,24 @@ pub enum Kind {
     Ablate,
     Offset,
     LowRank,
+    Lora,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::None, Kind::Ablate, Kind::Offset, Kind::LowRank];
+    pub const ALL: [Kind; 5] = [
+        Kind::None,
+        Kind::Ablate,
+        Kind::Offset,
+        Kind::LowRank,
+        Kind::Lora,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Kind::None => "none",
             Kind::Ablate => "ablate",
             Kind::Offset => "offset",
             Kind::LowRank => "low_rank",
+            Kind::Lora => "lora",
         }
     }
 }
@@ -61,7 +70,7 @@ impl FromStr for Kind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                format!("unknown intervention kind '{s}' (none, ablate, offset, low_rank)")
+                format!("unknown intervention kind '{s}' (none, ablate, offset, low_rank, lora)")
             })
     }
 }
@@ -93,6 +102,19 @@ pub enum Intervention {
     LowRank {
         sites: Vec<(HookPoint, LowRankEdit)>,
     },
+    /// Sites are the projections' outputs: `hook_mlp_out` or `hook_attn_out`.
+    Lora {
+        sites: Vec<(HookPoint, LoraEdit)>,
+    },
+}
+
+/// The input hook of the weight matrix whose output is `out` (see [`LoraEdit`]).
+pub fn lora_input(out: HookPoint) -> Option<HookPoint> {
+    match out {
+        HookPoint::MlpOut(l) => Some(HookPoint::MlpPost(l)),
+        HookPoint::AttnOut(l) => Some(HookPoint::AttnZ(l)),
+        _ => None,
+    }
 }
 
 impl Intervention {
@@ -102,6 +124,7 @@ impl Intervention {
             Intervention::Ablate { .. } => Kind::Ablate,
             Intervention::Offset { .. } => Kind::Offset,
             Intervention::LowRank { .. } => Kind::LowRank,
+            Intervention::Lora { .. } => Kind::Lora,
         }
     }
 
@@ -112,6 +135,7 @@ impl Intervention {
             Intervention::Ablate { sites, .. } => sites.iter().map(|s| s.0).collect(),
             Intervention::Offset { sites, .. } => sites.iter().map(|s| s.0).collect(),
             Intervention::LowRank { sites } => sites.iter().map(|s| s.0).collect(),
+            Intervention::Lora { sites } => sites.iter().map(|s| s.0).collect(),
         }
     }
 
@@ -149,6 +173,16 @@ impl Intervention {
                     hooks.push_writer(Writer::new(*p, e.clone()));
                 }
             }
+            Intervention::Lora { sites } => {
+                for (p, e) in sites {
+                    // Sites are checked when built or loaded; others have no input hook.
+                    if let Some(input) = lora_input(*p) {
+                        let (keep, add) = e.writers(input, *p);
+                        hooks.push_writer(keep);
+                        hooks.push_writer(add);
+                    }
+                }
+            }
         }
     }
 
@@ -174,6 +208,12 @@ impl Intervention {
                     m.insert(format!("{p}.R"), e.r.clone());
                     m.insert(format!("{p}.W"), e.w.clone());
                     m.insert(format!("{p}.b"), e.b.clone());
+                }
+            }
+            Intervention::Lora { sites } => {
+                for (p, e) in sites {
+                    m.insert(format!("{p}.A"), e.a.clone());
+                    m.insert(format!("{p}.B"), e.b.clone());
                 }
             }
         }
