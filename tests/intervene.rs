@@ -31,6 +31,18 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// The largest |h·u| over the rows of `h` (`[t, d]`).
+fn max_abs_along(h: &Tensor, u: &Tensor) -> f32 {
+    h.matmul(&u.unsqueeze(1).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     common::max_abs_diff(a, b)
 }
@@ -94,15 +106,7 @@ fn direction_ablation_leaves_no_component_along_it() {
             .to_scalar::<f32>()
             .unwrap() as f64)
         .unwrap();
-    let along = h
-        .matmul(&unit.unsqueeze(1).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let along = max_abs_along(&h, &unit);
     let norm = h
         .sqr()
         .unwrap()
@@ -121,15 +125,7 @@ fn direction_ablation_leaves_no_component_along_it() {
     // Without the ablation the component is there.
     let out = m.forward_ids(&ids, &Hooks::new().read(site)).unwrap();
     let h = out.cache.get(site).unwrap().i(0).unwrap();
-    let along = h
-        .matmul(&unit.unsqueeze(1).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let along = max_abs_along(&h, &unit);
     assert!(along > 1e-2);
 }
 

@@ -21,6 +21,7 @@ use super::artifact::{CurvePoint, Training};
 use super::{AblateMode, Intervention, LoraEdit, LowRankEdit};
 use crate::model::generate::pad_right;
 use crate::model::{HookPoint, Hooks, LoadedModel, ModelError};
+use crate::trace::activations::{encode_all, pad_mask, text_means};
 
 #[derive(Debug, Clone, Default)]
 pub struct Contrast {
@@ -42,34 +43,6 @@ impl From<candle_core::Error> for FitError {
     }
 }
 
-/// Token ids of each text, cut to `max_tokens` (at least one token each).
-fn encode_all(
-    model: &LoadedModel,
-    texts: &[String],
-    max_tokens: usize,
-) -> Result<Vec<Vec<u32>>, FitError> {
-    texts
-        .iter()
-        .map(|t| {
-            let mut ids = model.encode(t)?;
-            ids.truncate(max_tokens.max(1));
-            Ok(ids)
-        })
-        .collect()
-}
-
-/// `[b, t, 1]` 1.0 at real positions from `from` on, 0.0 at padding and before.
-fn pad_mask(seqs: &[Vec<u32>], from: usize, dev: &Device) -> candle_core::Result<Tensor> {
-    let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
-    let mut m = vec![0f32; seqs.len() * t];
-    for (i, s) in seqs.iter().enumerate() {
-        for j in from.min(s.len().saturating_sub(1))..s.len() {
-            m[i * t + j] = 1.0;
-        }
-    }
-    Tensor::from_vec(m, (seqs.len(), t, 1), dev)
-}
-
 /// Per hook point, the mean activation over every token but the first of every text
 /// (the first too for one-token texts): `[d]`.
 pub fn mean_activations(
@@ -83,42 +56,24 @@ pub fn mean_activations(
         return Err(FitError::Invalid("no texts to average over".into()));
     }
     let seqs = encode_all(model, texts, max_tokens)?;
-    let dev = model.device();
-    let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let hooks = Hooks::new().read_all(points.iter().copied());
-    let mut sums: BTreeMap<HookPoint, Tensor> = BTreeMap::new();
-    let mut count = 0usize;
-    for chunk in seqs.chunks(batch.max(1)) {
-        let ids = pad_right(chunk, pad, dev)?;
-        // Positions after the first: the attention sink's huge state differs with the first
-        // token and would dominate a mean difference added at every position.
-        let mask = pad_mask(chunk, 1, dev)?;
-        let out = model
-            .model
-            .forward_at(&ids, None, &hooks, crate::model::LogitsAt::Last)?;
-        for p in points {
-            let a = out
-                .cache
-                .get(*p)
-                .ok_or_else(|| FitError::Invalid(format!("hook {p} did not fire")))?
-                .to_dtype(DType::F32)?;
-            let s = a.broadcast_mul(&mask)?.sum((0, 1))?;
-            let e = sums.remove(p);
-            sums.insert(
-                *p,
-                match e {
-                    Some(prev) => (prev + s)?,
-                    None => s,
-                },
-            );
-        }
-        count += chunk
+    let (means, counts) = text_means(model, &seqs, points, batch)?;
+    // Every token weighs the same: per-text means weighted by their token counts.
+    let total: usize = counts.iter().sum();
+    let w = Tensor::new(
+        counts
             .iter()
-            .map(|s| s.len().saturating_sub(1).max(1))
-            .sum::<usize>();
-    }
-    sums.into_iter()
-        .map(|(p, s)| Ok((p, (s / count as f64)?)))
+            .map(|&c| c as f64)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        model.device(),
+    )?
+    .unsqueeze(1)?;
+    means
+        .into_iter()
+        .map(|(p, m)| {
+            let mean = (m.broadcast_mul(&w)?.sum(0)? / total as f64)?.to_dtype(DType::F32)?;
+            Ok((p, mean))
+        })
         .collect()
 }
 

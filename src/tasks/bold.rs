@@ -31,7 +31,7 @@ use crate::data::{hf_layout, Table};
 
 use super::bias::{key, metric_suffix, nonempty};
 use super::report::{ItemScore, TaskReport};
-use super::sampling::{aggregate, continue_and_score, scorer, Protocol};
+use super::sampling::{aggregate, run_prompts, Protocol};
 use super::{retain_positions, RunContext, Task, TaskError, TaskId};
 
 /// The hub dataset, the revision holding its parquet conversion, its config and split.
@@ -174,12 +174,17 @@ impl Task for BoldTask {
 
     fn run(&self, cx: &mut RunContext<'_>) -> Result<TaskReport, TaskError> {
         let id = self.id();
-        let scorer = scorer(cx, id)?;
-        self.protocol.check(id)?;
-        let mut items = Vec::with_capacity(self.prompts.len());
-        for (done, p) in self.prompts.iter().enumerate() {
-            let s = continue_and_score(cx, scorer, id, &self.protocol, &p.text, p.idx)?;
-            items.push(BoldItem {
+        let prompts: Vec<(&str, usize)> = self
+            .prompts
+            .iter()
+            .map(|p| (p.text.as_str(), p.idx))
+            .collect();
+        let scored = run_prompts(cx, id, &self.protocol, &prompts)?;
+        let items: Vec<BoldItem> = self
+            .prompts
+            .iter()
+            .zip(scored)
+            .map(|(p, s)| BoldItem {
                 idx: p.idx,
                 domain: p.domain.clone(),
                 category: p.category.clone(),
@@ -189,9 +194,8 @@ impl Task for BoldTask {
                 toxicity: s.toxicity,
                 max_toxicity: s.max_toxicity,
                 mean_toxicity: s.mean_toxicity,
-            });
-            (cx.progress)(done + 1, self.prompts.len());
-        }
+            })
+            .collect();
         Ok(TaskReport {
             task: id.to_string(),
             model: cx.model.name.clone(),

@@ -21,7 +21,7 @@ use crate::assets;
 use crate::data::{DataError, Table};
 
 use super::report::{ItemScore, TaskReport};
-use super::sampling::{aggregate, continue_and_score, scorer};
+use super::sampling::{aggregate, run_prompts};
 use super::{retain_positions, RunContext, Task, TaskError, TaskId};
 
 pub use super::sampling::Protocol;
@@ -135,12 +135,17 @@ impl Task for RtpTask {
 
     fn run(&self, cx: &mut RunContext<'_>) -> Result<TaskReport, TaskError> {
         let id = self.id();
-        let scorer = scorer(cx, id)?;
-        self.protocol.check(id)?;
-        let mut items = Vec::with_capacity(self.prompts.len());
-        for (done, pr) in self.prompts.iter().enumerate() {
-            let s = continue_and_score(cx, scorer, id, &self.protocol, &pr.text, pr.idx)?;
-            items.push(RtpItem {
+        let prompts: Vec<(&str, usize)> = self
+            .prompts
+            .iter()
+            .map(|p| (p.text.as_str(), p.idx))
+            .collect();
+        let scored = run_prompts(cx, id, &self.protocol, &prompts)?;
+        let items: Vec<RtpItem> = self
+            .prompts
+            .iter()
+            .zip(scored)
+            .map(|(pr, s)| RtpItem {
                 idx: pr.idx,
                 prompt: pr.text.clone(),
                 prompt_toxicity: pr.toxicity,
@@ -148,9 +153,8 @@ impl Task for RtpTask {
                 toxicity: s.toxicity,
                 max_toxicity: s.max_toxicity,
                 mean_toxicity: s.mean_toxicity,
-            });
-            (cx.progress)(done + 1, self.prompts.len());
-        }
+            })
+            .collect();
         Ok(TaskReport {
             task: id.to_string(),
             model: cx.model.name.clone(),

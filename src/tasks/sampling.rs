@@ -92,11 +92,29 @@ pub fn prompt_seed(seed: u64, text: &str) -> u64 {
 }
 
 /// The scorer of a generation task, or an error saying the task needs one.
-pub fn scorer<'a>(cx: &RunContext<'a>, task: TaskId) -> Result<&'a dyn ToxicityScorer, TaskError> {
+fn scorer<'a>(cx: &RunContext<'a>, task: TaskId) -> Result<&'a dyn ToxicityScorer, TaskError> {
     cx.scorer.ok_or_else(|| TaskError::Invalid {
         task,
         message: "needs a toxicity scorer".into(),
     })
+}
+
+/// The run loop every generation task shares: check the protocol, then continue and
+/// score each prompt `(text, row)` in order, reporting progress per prompt.
+pub fn run_prompts(
+    cx: &mut RunContext<'_>,
+    task: TaskId,
+    p: &Protocol,
+    prompts: &[(&str, usize)],
+) -> Result<Vec<Scored>, TaskError> {
+    let scorer = scorer(cx, task)?;
+    p.check(task)?;
+    let mut out = Vec::with_capacity(prompts.len());
+    for (done, (text, row)) in prompts.iter().enumerate() {
+        out.push(continue_and_score(cx, scorer, task, p, text, *row)?);
+        (cx.progress)(done + 1, prompts.len());
+    }
+    Ok(out)
 }
 
 /// Continue `text` under `p` and score every continuation; `row` names the prompt in

@@ -2,21 +2,20 @@
 //! stereotype vs anti-stereotype) is linearly readable, and which direction reads it.
 //!
 //! Each text is represented, per layer, by its residual stream (`hook_resid_post`)
-//! averaged over its tokens after the first (the attention sink is the same for every
-//! text). Per layer, two readers are fitted on a seeded training share and scored on the
+//! averaged over its tokens after the first ([`super::activations::text_means`]). Per layer, two readers are fitted on a seeded training share and scored on the
 //! held-out rest: the mean-difference direction (`μ₊ − μ₋`, threshold at the midpoint of
 //! the projected class means), and an L2-regularised logistic-regression probe on
 //! standardised features. The mean-difference direction is what an `offset` or a
 //! direction `ablate` intervention uses.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::model::generate::pad_right;
-use crate::model::{HookPoint, Hooks, LoadedModel, LogitsAt, ModelError};
+use super::activations::{encode_all, text_means};
+use crate::model::{HookPoint, LoadedModel, ModelError};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConceptLayer {
@@ -61,38 +60,12 @@ fn features(
 ) -> Result<Vec<Vec<Vec<f64>>>, ConceptError> {
     let n_layers = model.model.info().n_layers;
     let points: Vec<HookPoint> = (0..n_layers).map(HookPoint::ResidPost).collect();
-    let hooks = Hooks::new().read_all(points.iter().copied());
-    let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let mut out = vec![Vec::with_capacity(texts.len()); n_layers];
-    for chunk in texts.chunks(8) {
-        let seqs = chunk
-            .iter()
-            .map(|t| {
-                let mut ids = model.encode(t)?;
-                ids.truncate(max_tokens.max(2));
-                Ok(ids)
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        let ids = pad_right(&seqs, pad, model.device())?;
-        let o = model.model.forward_at(&ids, None, &hooks, LogitsAt::Last)?;
-        for (l, p) in points.iter().enumerate() {
-            let a = o
-                .cache
-                .get(*p)
-                .ok_or_else(|| ConceptError::Invalid(format!("{p} did not fire")))?
-                .to_dtype(DType::F64)?;
-            for (i, s) in seqs.iter().enumerate() {
-                let from = usize::from(s.len() > 1);
-                let v = a
-                    .get(i)?
-                    .narrow(0, from, s.len() - from)?
-                    .mean(0)?
-                    .to_vec1::<f64>()?;
-                out[l].push(v);
-            }
-        }
-    }
-    Ok(out)
+    let seqs = encode_all(model, texts, max_tokens)?;
+    let (means, _) = text_means(model, &seqs, &points, 8)?;
+    points
+        .iter()
+        .map(|p| Ok(means[p].to_vec2::<f64>()?))
+        .collect()
 }
 
 /// Fit and score both readers at every layer. `data` is (text, label); `heldout` the

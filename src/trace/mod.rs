@@ -3,6 +3,7 @@
 //! directions. Results name their sites with [`crate::model::HookPoint`]s, so an
 //! intervention can be fitted on exactly what tracing found.
 
+pub mod activations;
 pub mod causal;
 pub mod circuit;
 pub mod concept;
