@@ -494,10 +494,11 @@ impl<'m> Tracer<'m> {
     }
 }
 
-/// Replace `x` by `clean` where `mask` (`[rows, t, 1]`) is 1.
-struct Restore {
-    clean: Tensor,
-    mask: Tensor,
+/// Replace `x` by `clean` (`[rows or 1, t, ...]`) where `mask` (`[rows, t, units or 1
+/// (, 1)]`) is 1: restoration here, activation patching in `patching.rs`.
+pub(crate) struct Restore {
+    pub(crate) clean: Tensor,
+    pub(crate) mask: Tensor,
 }
 
 impl Edit for Restore {

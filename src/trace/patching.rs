@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, IndexOp, Tensor, Var, D};
 use serde::Serialize;
 
-use crate::model::hooks::{AddTensor, Edit, EditCtx};
+use super::causal::Restore;
+use crate::model::hooks::AddTensor;
 use crate::model::{HookPoint, Hooks, LoadedModel, LogitsAt, ModelError, Writer};
 
 /// What a behaviour is measured by, at the last position of the prompt.
@@ -244,8 +245,8 @@ impl<'m> Patcher<'m> {
             };
             hooks.push_writer(Writer::new(
                 p,
-                RowPatch {
-                    src: src.clone(),
+                Restore {
+                    clean: src.clone(),
                     mask,
                 },
             ));
@@ -311,22 +312,6 @@ fn unit_count(src: &Tensor, p: HookPoint) -> usize {
         }
         HookPoint::MlpPost(_) | HookPoint::MlpPre(_) => src.dims()[2],
         _ => 1,
-    }
-}
-
-/// Copy `src` (`[1, t, ...]`) into `x` where `mask` (`[rows, t, units(, 1)]`) is 1.
-struct RowPatch {
-    src: Tensor,
-    mask: Tensor,
-}
-
-impl Edit for RowPatch {
-    fn apply(&self, x: &Tensor, ctx: &EditCtx) -> candle_core::Result<Tensor> {
-        let t = x.dim(1)?;
-        let src = self.src.narrow(1, ctx.offset, t)?.to_dtype(x.dtype())?;
-        let m = self.mask.narrow(1, ctx.offset, t)?.to_dtype(x.dtype())?;
-        let keep = m.affine(-1.0, 1.0)?;
-        x.broadcast_mul(&keep)? + m.broadcast_mul(&src.broadcast_as(x.shape())?)?
     }
 }
 
