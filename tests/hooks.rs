@@ -551,3 +551,54 @@ fn sampling_is_seeded_and_independent_of_the_number_of_samples() {
     .unwrap();
     assert_ne!(other, a, "another seed, other samples");
 }
+
+/// Running only blocks `a..b` on the stream entering block `a` gives the full forward's
+/// stream leaving block `b − 1`, writers inside the span included.
+fn check_forward_blocks(m: &dyn Transformer, ids: &[u32], a: usize, b: usize) {
+    let d = m.info().d_model;
+    let push = Writer::new(
+        HookPoint::ResidMid(a),
+        AddTensor(Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap()),
+    );
+    let (into, out) = (HookPoint::ResidPre(a), HookPoint::ResidPost(b - 1));
+    let full = run(
+        m,
+        ids,
+        &Hooks::new().write(push.clone()).read(into).read(out),
+    );
+    let (x, cache) = m
+        .forward_blocks(
+            full.cache.get(into).unwrap(),
+            a..b,
+            &Hooks::new().write(push).read(out),
+        )
+        .unwrap();
+    let want = full.cache.get(out).unwrap();
+    let diff = common::max_abs_diff(&x, want);
+    assert!(diff < 1e-4, "blocks {a}..{b}: {diff}");
+    assert_eq!(common::max_abs_diff(cache.get(out).unwrap(), &x), 0.0);
+    // A wrong shape or an empty or out-of-range span is an error naming what is wrong.
+    let bad = Tensor::zeros((1, 3, d + 1), DType::F32, &Device::Cpu).unwrap();
+    let e = m.forward_blocks(&bad, a..b, &Hooks::new()).unwrap_err();
+    assert!(e.to_string().contains(&format!("{}", d)), "{e}");
+    let e = m
+        .forward_blocks(want, b..b, &Hooks::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("non-empty range"), "{e}");
+    let n = m.info().n_layers;
+    assert!(m.forward_blocks(want, a..n + 1, &Hooks::new()).is_err());
+}
+
+#[test]
+fn running_a_span_of_blocks_reproduces_the_full_forward_there() {
+    let m = common::smollm2();
+    let ids = m
+        .encode("The quick brown fox jumps over the lazy dog")
+        .unwrap();
+    check_forward_blocks(m.model.as_ref(), &ids, 4, 11);
+    check_forward_blocks(m.model.as_ref(), &ids, 0, 30);
+    let g = common::tiny_gpt2();
+    let ids = g.encode("The mill was built in 1887").unwrap();
+    check_forward_blocks(g.model.as_ref(), &ids, 1, 2);
+}

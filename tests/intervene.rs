@@ -372,6 +372,18 @@ fn fit_config_errors_name_the_file_line_and_field() {
             "kind: offset\nsites: [blocks.3.hook_resid_post]\nharmful: [{task: realtoxicityprompts, limit: many}]\nharmless: [{task: perplexity_wiki}]\n",
             vec!["fit.yaml", "line 3"],
         ),
+        (
+            "kind: offset\nsites: [blocks.3.hook_resid_post]\nselect: {layers: [2, 8]}\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: perplexity_wiki}]\n",
+            vec!["fit.yaml", "either sites or select"],
+        ),
+        (
+            "kind: offset\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: perplexity_wiki}]\n",
+            vec!["fit.yaml", "sites", "select"],
+        ),
+        (
+            "kind: offset\nselect: {layers: [2, 8], strides: 2}\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: perplexity_wiki}]\n",
+            vec!["fit.yaml", "strides", "line 2"],
+        ),
     ] {
         std::fs::write(&f, body).unwrap();
         let e = FitConfig::read(&f).unwrap_err().to_string();
@@ -379,6 +391,62 @@ fn fit_config_errors_name_the_file_line_and_field() {
             assert!(e.contains(n), "expected '{n}' in: {e}");
         }
     }
+}
+
+#[test]
+fn the_site_sweep_ranks_layers_by_measured_selectivity() {
+    use scalpel::intervene::fit::mean_nll;
+    use scalpel::intervene::select::{select_sites, SelectConfig};
+    let m = common::smollm2();
+    let c = contrast();
+    let cfg = SelectConfig {
+        layers: [2, 14],
+        stride: 6,
+        top: 2,
+        heldout: 2,
+    };
+    let (chosen, effects) = select_sites(m, &c, &cfg, 32).unwrap();
+    let names: Vec<&str> = effects.iter().map(|e| e.site.as_str()).collect();
+    assert_eq!(effects.len(), 3, "{names:?}");
+    for l in [2, 8, 14] {
+        assert!(names.contains(&format!("blocks.{l}.hook_resid_post").as_str()));
+    }
+    assert!(effects
+        .windows(2)
+        .all(|w| w[0].selectivity >= w[1].selectivity));
+    for e in &effects {
+        assert!((e.selectivity - (e.harmful_nll_shift - e.harmless_nll_shift)).abs() < 1e-12);
+    }
+    assert_eq!(
+        chosen.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        names[..2].iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    );
+    // The shifts are real measurements: the chosen site's offset, rebuilt from means of
+    // the non-held-out texts, moves the held-out harmful loss by what the sweep says.
+    use scalpel::intervene::fit::mean_activations;
+    let p = chosen[0];
+    let bad = mean_activations(m, &c.harmful[..3], &[p], 32, 8).unwrap();
+    let good = mean_activations(m, &c.harmless[..3], &[p], 32, 8).unwrap();
+    let iv = Intervention::Offset {
+        alpha: 1.0,
+        sites: vec![(p, (&good[&p] - &bad[&p]).unwrap())],
+    };
+    let ids: Vec<Vec<u32>> = c.harmful[3..]
+        .iter()
+        .map(|t| m.encode(t).unwrap())
+        .collect();
+    let shift = mean_nll(m, &ids, &iv.hooks()).unwrap() - mean_nll(m, &ids, &Hooks::new()).unwrap();
+    assert!(
+        (shift - effects[0].harmful_nll_shift).abs() < 1e-4,
+        "{shift} vs {:?}",
+        effects[0]
+    );
+    // Moving harmful text toward harmless text makes harmful text less likely than it
+    // makes harmless text at the best site.
+    assert!(effects[0].selectivity > 0.0, "{effects:?}");
+    // Too few texts to hold out is an error, not a silent pick.
+    let few = SelectConfig { heldout: 4, ..cfg };
+    assert!(select_sites(m, &c, &few, 32).is_err());
 }
 
 #[test]

@@ -12,6 +12,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::select::SiteEffect;
 use super::{AblateMode, Intervention, Kind, LoraEdit, LowRankEdit};
 use crate::model::{HookPoint, LoadedModel};
 
@@ -107,6 +108,10 @@ pub struct Manifest {
     pub data: Vec<DataRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<Training>,
+    /// The site sweep that chose `sites`, most selective first (empty when the config
+    /// named them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selection: Vec<SiteEffect>,
     /// sha256 of the safetensors file.
     pub tensors_sha256: String,
 }
@@ -117,6 +122,7 @@ pub struct Provenance {
     pub hyperparameters: BTreeMap<String, f64>,
     pub data: Vec<DataRecord>,
     pub training: Option<Training>,
+    pub selection: Vec<SiteEffect>,
 }
 
 /// sha256 of a model's weights: the file for a GGUF, `config.json` and the safetensors
@@ -227,6 +233,7 @@ pub fn save(
         hyperparameters: prov.hyperparameters.clone(),
         data: prov.data.clone(),
         training: prov.training.clone(),
+        selection: prov.selection.clone(),
         tensors_sha256: hex(&h.finalize()),
     };
     let mpath = dir.join(MANIFEST);

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::artifact::{self, ArtifactError, DataRecord, Manifest, Provenance};
 use super::fit::{self, Contrast, FitError, LowRankConfig};
+use super::select::{self, SelectConfig};
 use super::{AblateMode, Intervention, Kind};
 use crate::model::{HookPoint, LoadedModel};
 use crate::tasks::{self, LoadOptions, TaskError, TaskId};
@@ -30,7 +31,12 @@ use crate::tasks::{self, LoadOptions, TaskError, TaskId};
 #[serde(deny_unknown_fields)]
 pub struct FitConfig {
     pub kind: Kind,
+    /// Hook points to fit at; or leave out and give `select`.
+    #[serde(default)]
     pub sites: Vec<String>,
+    /// Choose the sites by a causal sweep over layers (see [`super::select`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<SelectConfig>,
     pub harmful: Vec<DataSpec>,
     pub harmless: Vec<DataSpec>,
     #[serde(default = "default_max_tokens")]
@@ -182,9 +188,15 @@ impl FitConfig {
         Ok(c)
     }
 
+    /// The configured sites (empty when `select` chooses them).
     pub fn sites(&self) -> Result<Vec<HookPoint>, String> {
-        if self.sites.is_empty() {
-            return Err("sites: at least one hook point".into());
+        match (&self.select, self.sites.is_empty()) {
+            (Some(_), false) => return Err("give either sites or select, not both".into()),
+            (Some(_), true) => return Ok(Vec::new()),
+            (None, true) => {
+                return Err("sites: at least one hook point (or select: to choose them)".into())
+            }
+            (None, false) => {}
         }
         self.sites
             .iter()
@@ -260,7 +272,7 @@ pub fn run(
     force: bool,
     progress: impl FnMut(usize, usize, f64),
 ) -> Result<FitOutcome, ConfigError> {
-    let sites = cfg.sites().map_err(FitError::Invalid)?;
+    let mut sites = cfg.sites().map_err(FitError::Invalid)?;
     let (harmful, mut data) = texts(&cfg.harmful)?;
     let (harmless, d2) = texts(&cfg.harmless)?;
     data.extend(d2);
@@ -277,6 +289,12 @@ pub fn run(
         });
     }
     let c = Contrast { harmful, harmless };
+    let mut selection = Vec::new();
+    if let Some(sel) = &cfg.select {
+        let (chosen, effects) = select::select_sites(model, &c, sel, cfg.max_tokens)?;
+        sites = chosen;
+        selection = effects;
+    }
     let mut hyper = BTreeMap::from([("max_tokens".to_string(), cfg.max_tokens as f64)]);
     let (iv, training) = match cfg.kind {
         Kind::Offset if !cfg.offset.alphas.is_empty() => {
@@ -328,6 +346,7 @@ pub fn run(
             hyperparameters: hyper,
             data,
             training,
+            selection,
         },
     )?;
     Ok(FitOutcome {

@@ -305,15 +305,20 @@ pub fn fit_low_rank(
             "target_layer {target} must lie in {last}..{n_layers} (at or after the last site)"
         )));
     }
-    let read = HookPoint::ResidPost(target);
+    if sites.iter().any(|p| p.layer().is_none()) {
+        return Err(FitError::Invalid(
+            "a breaker's sites must be inside a block (hook_embed is not)".into(),
+        ));
+    }
+    let first = sites.iter().filter_map(|p| p.layer()).min().unwrap_or(0);
     let dev = model.device().clone();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let (mut harm, harm_held) = split_heldout(
+    let (harm, harm_held) = split_heldout(
         encode_all(model, &c.harmful, cfg.max_tokens)?,
         cfg.heldout,
         &mut rng,
     );
-    let (mut keep, keep_held) = split_heldout(
+    let (keep, keep_held) = split_heldout(
         encode_all(model, &c.harmless, cfg.max_tokens)?,
         cfg.heldout,
         &mut rng,
@@ -326,6 +331,17 @@ pub fn fit_low_rank(
             cfg.heldout * 100.0
         )));
     }
+    // The frozen model's streams never change: computed once, every step then runs only
+    // blocks `first..=target` (the first position is the attention sink: its state is
+    // huge and nearly the same for every text, so rerouting reads the positions after
+    // it; retain reads it too, so the breaker keeps its hands off the sink).
+    let span = Span {
+        layers: first..target + 1,
+    };
+    let harm = span.freeze(model, &harm, 1)?;
+    let harm_held = span.freeze(model, &harm_held, 1)?;
+    let keep = span.freeze(model, &keep, 0)?;
+    let keep_held = span.freeze(model, &keep_held, 0)?;
     // Both forms start as the identity with a non-zero gradient: LoReFT with R = 0 and
     // W small and random, LoRA with B = 0 and A small and random.
     let mut params: Vec<(HookPoint, [Var; 3])> = Vec::new();
@@ -423,21 +439,22 @@ pub fn fit_low_rank(
             ..Default::default()
         },
     )?;
-    let pad = model.tokenizer.eos_id.unwrap_or(0);
     let start = Instant::now();
     let mut curve = Vec::new();
     let mut best: Option<(f64, Intervention)> = None;
     let mut since_best = 0usize;
     let mut stopped_early = false;
     let mut steps_done = 0;
+    let (mut harm_order, mut keep_order): (Vec<usize>, Vec<usize>) =
+        ((0..harm.len()).collect(), (0..keep.len()).collect());
     let (mut hi, mut ki) = (0usize, 0usize);
     for step in 0..cfg.steps {
         let frac = step as f64 / (2.0 * cfg.steps as f64);
         let (c_reroute, c_retain) = (1.0 - frac, cfg.retain_weight * frac);
-        let hb = next_batch(&mut harm, &mut hi, cfg.batch, &mut rng);
-        let kb = next_batch(&mut keep, &mut ki, cfg.batch, &mut rng);
+        let hb = harm.rows(&next_batch(&mut harm_order, &mut hi, cfg.batch, &mut rng))?;
+        let kb = keep.rows(&next_batch(&mut keep_order, &mut ki, cfg.batch, &mut rng))?;
         let iv = build(&params, false);
-        let (reroute, retain) = losses(model, &iv, &hb, &kb, read, pad)?;
+        let (reroute, retain) = losses(model, &iv, &span, &hb, &kb)?;
         let loss = ((&reroute * c_reroute)? + (&retain * c_retain)?)?;
         opt.backward_step(&loss)?;
         steps_done = step + 1;
@@ -453,7 +470,7 @@ pub fn fit_low_rank(
         ]);
         if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
             let held = build(&params, true);
-            let (r, k) = losses(model, &held, &harm_held, &keep_held, read, pad)?;
+            let (r, k) = losses(model, &held, &span, &harm_held, &keep_held)?;
             // Equal weights: the held-out score does not drift with the schedule.
             let h = r.to_scalar::<f32>()? as f64
                 + cfg.retain_weight * 0.5 * k.to_scalar::<f32>()? as f64;
@@ -498,53 +515,123 @@ pub fn fit_low_rank(
     ))
 }
 
+/// The blocks a breaker's loss runs through: from its first site's block to the layer
+/// the loss reads.
+struct Span {
+    layers: std::ops::Range<usize>,
+}
+
+/// Texts as a breaker's training sees them, right-padded to a common length with
+/// zeros: the stream entering the span `[n, t, d]`, the frozen model's stream leaving
+/// it `[n, t, d]`, and which positions count `[n, t]`.
+struct Frozen {
+    pre: Tensor,
+    orig: Tensor,
+    mask: Tensor,
+    lens: Vec<usize>,
+}
+
+impl Span {
+    /// One full forward pass per text, reading the stream into and out of the span;
+    /// positions before `from` (and padding) are masked.
+    fn freeze(
+        &self,
+        model: &LoadedModel,
+        seqs: &[Vec<u32>],
+        from: usize,
+    ) -> Result<Frozen, FitError> {
+        let dev = model.device();
+        let (into, out) = (
+            HookPoint::ResidPre(self.layers.start),
+            HookPoint::ResidPost(self.layers.end - 1),
+        );
+        let pad = model.tokenizer.eos_id.unwrap_or(0);
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let hooks = Hooks::new().read(into).read(out);
+        let (mut pre, mut orig) = (Vec::new(), Vec::new());
+        for chunk in seqs.chunks(8) {
+            let ids = pad_right(chunk, pad, dev)?;
+            let o = model
+                .model
+                .forward_at(&ids, None, &hooks, crate::model::LogitsAt::Last)?;
+            for (p, acc) in [(into, &mut pre), (out, &mut orig)] {
+                let a = o
+                    .cache
+                    .get(p)
+                    .ok_or_else(|| FitError::Invalid(format!("hook {p} did not fire")))?
+                    .to_dtype(DType::F32)?;
+                acc.push(pad_positions(&a, t)?);
+            }
+        }
+        Ok(Frozen {
+            pre: Tensor::cat(&pre, 0)?,
+            orig: Tensor::cat(&orig, 0)?,
+            mask: pad_mask(seqs, from, dev)?.squeeze(2)?,
+            lens: seqs.iter().map(Vec::len).collect(),
+        })
+    }
+}
+
+/// `[b, t', d]` → `[b, t, d]`, zeros after `t'`.
+fn pad_positions(a: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+    let (b, have, d) = a.dims3()?;
+    if have == t {
+        return Ok(a.clone());
+    }
+    let z = Tensor::zeros((b, t - have, d), a.dtype(), a.device())?;
+    Tensor::cat(&[a, &z], 1)
+}
+
+impl Frozen {
+    fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// The texts at `idx`, cut to the longest of them.
+    fn rows(&self, idx: &[usize]) -> Result<Frozen, FitError> {
+        let t = idx.iter().map(|&i| self.lens[i]).max().unwrap_or(1);
+        let ix = Tensor::new(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(),
+            self.pre.device(),
+        )?;
+        let take = |x: &Tensor| x.index_select(&ix, 0)?.narrow(1, 0, t);
+        Ok(Frozen {
+            pre: take(&self.pre)?,
+            orig: take(&self.orig)?,
+            mask: take(&self.mask)?,
+            lens: idx.iter().map(|&i| self.lens[i]).collect(),
+        })
+    }
+}
+
 /// Rerouting (mean over harmful tokens of ReLU(cos(h_breaker, h_original))) and retain
-/// (mean over harmless tokens of ‖h_breaker − h_original‖ / ‖h_original‖) at `read`.
+/// (mean over harmless tokens of ‖h_breaker − h_original‖ / ‖h_original‖) where the
+/// span ends.
 fn losses(
     model: &LoadedModel,
     iv: &Intervention,
-    harmful: &[Vec<u32>],
-    harmless: &[Vec<u32>],
-    read: HookPoint,
-    pad: u32,
+    span: &Span,
+    harmful: &Frozen,
+    harmless: &Frozen,
 ) -> Result<(Tensor, Tensor), FitError> {
-    let dev = model.device();
-    // The first position is the attention sink: its state is huge and nearly the same for
-    // every text, so rerouting reads the positions after it; retain reads it too, so the
-    // breaker keeps its hands off the sink.
-    let rep = |seqs: &[Vec<u32>],
-               hooks: Hooks,
-               from: usize|
-     -> Result<(Tensor, Tensor), FitError> {
-        let ids = pad_right(seqs, pad, dev)?;
-        let mask = pad_mask(seqs, from, dev)?.squeeze(2)?;
-        let out =
-            model
-                .model
-                .forward_at(&ids, None, &hooks.read(read), crate::model::LogitsAt::Last)?;
-        let h = out
-            .cache
-            .get(read)
-            .cloned()
-            .ok_or_else(|| FitError::Invalid(format!("hook {read} did not fire")))?;
-        Ok((h, mask))
+    let hooks = iv.hooks();
+    let run = |f: &Frozen| -> Result<Tensor, FitError> {
+        Ok(model
+            .model
+            .forward_blocks(&f.pre, span.layers.clone(), &hooks)?
+            .0)
     };
     let masked_mean = |x: &Tensor, mask: &Tensor| -> Result<Tensor, FitError> {
         Ok((x.mul(mask)?.sum_all()? / mask.sum_all()?.to_scalar::<f32>()? as f64)?)
     };
-    let (orig, mask) = rep(harmful, Hooks::new(), 1)?;
-    let orig = orig.detach();
-    let (new, _) = rep(harmful, iv.hooks(), 1)?;
-    let dot = (&new * &orig)?.sum(D::Minus1)?;
-    let norms = (new.sqr()?.sum(D::Minus1)?.sqrt()? * orig.sqr()?.sum(D::Minus1)?.sqrt()?)?;
-    let cos = (dot / (norms + 1e-6)?)?;
-    let reroute = masked_mean(&cos.relu()?, &mask)?;
-    let (orig, mask) = rep(harmless, Hooks::new(), 0)?;
-    let orig = orig.detach();
-    let (new, _) = rep(harmless, iv.hooks(), 0)?;
-    let dist = (&new - &orig)?.sqr()?.sum(D::Minus1)?.sqrt()?;
-    let rel = (dist / (orig.sqr()?.sum(D::Minus1)?.sqrt()? + 1e-6)?)?;
-    let retain = masked_mean(&rel, &mask)?;
+    let norm = |x: &Tensor| x.sqr()?.sum(D::Minus1)?.sqrt();
+    let (new, orig) = (run(harmful)?, &harmful.orig);
+    let dot = (&new * orig)?.sum(D::Minus1)?;
+    let cos = (dot / ((norm(&new)? * norm(orig)?)? + 1e-6)?)?;
+    let reroute = masked_mean(&cos.relu()?, &harmful.mask)?;
+    let (new, orig) = (run(harmless)?, &harmless.orig);
+    let rel = (norm(&(&new - orig)?)? / (norm(orig)? + 1e-6)?)?;
+    let retain = masked_mean(&rel, &harmless.mask)?;
     Ok((reroute, retain))
 }
 
@@ -562,15 +649,15 @@ fn split_heldout(
     (v, held)
 }
 
-/// The next `n` sequences, reshuffling at the end of each epoch.
-fn next_batch(v: &mut [Vec<u32>], at: &mut usize, n: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<u32>> {
+/// The next `n` items of `v`, reshuffling at the end of each epoch.
+fn next_batch(v: &mut [usize], at: &mut usize, n: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.min(v.len()) {
         if *at >= v.len() {
             v.shuffle(rng);
             *at = 0;
         }
-        out.push(v[*at].clone());
+        out.push(v[*at]);
         *at += 1;
     }
     out

@@ -16,6 +16,7 @@ pub mod artifact;
 pub mod config;
 pub mod edits;
 pub mod fit;
+pub mod select;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -46,6 +46,9 @@ pub enum ModelError {
     HookName(#[from] ParseHookError),
     #[error(transparent)]
     Asset(#[from] crate::assets::AssetError),
+    /// A call whose arguments do not fit the model (shapes, layer ranges).
+    #[error("model call: {0}")]
+    Call(String),
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -1,6 +1,7 @@
 //! GPT-2: LayerNorm, learned positions, GELU (tanh approximation, `gelu_new`), fused
 //! `c_attn`, and `Conv1D` weights stored `[in, out]` (transposed to `[out, in]` at load).
 
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{Device, Tensor, D};
@@ -262,6 +263,31 @@ impl Gpt2 {
         ops::linear(&z.reshape((b, t, d))?, &blk.c_proj_w, Some(&blk.c_proj_b))
     }
 
+    /// Block `l` on the residual stream entering it: `hook_resid_pre` to `hook_resid_post`.
+    fn block(
+        &self,
+        l: usize,
+        resid: Tensor,
+        offset: usize,
+        kv: Option<&mut KvCache>,
+        hooks: &Hooks,
+        cache: &mut ActivationCache,
+    ) -> candle_core::Result<Tensor> {
+        let blk = &self.blocks[l];
+        let resid_pre = hooks.apply(HookPoint::ResidPre(l), resid, offset, cache)?;
+        let h = ops::layer_norm(&resid_pre, &blk.ln1.w, &blk.ln1.b, self.cfg.eps)?;
+        let attn = self.attention(l, &h, offset, kv, hooks, cache)?;
+        let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, cache)?;
+        let resid_mid = hooks.apply(HookPoint::ResidMid(l), (resid_pre + attn)?, offset, cache)?;
+        let h = ops::layer_norm(&resid_mid, &blk.ln2.w, &blk.ln2.b, self.cfg.eps)?;
+        let pre = ops::linear(&h, &blk.fc_w, Some(&blk.fc_b))?;
+        let pre = hooks.apply(HookPoint::MlpPre(l), pre, offset, cache)?;
+        let post = hooks.apply(HookPoint::MlpPost(l), pre.gelu()?, offset, cache)?;
+        let mlp = ops::linear(&post, &blk.proj_w, Some(&blk.proj_b))?;
+        let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, offset, cache)?;
+        hooks.apply(HookPoint::ResidPost(l), (resid_mid + mlp)?, offset, cache)
+    }
+
     fn forward_inner(
         &self,
         ids: &Tensor,
@@ -282,29 +308,7 @@ impl Gpt2 {
         let x = tok.broadcast_add(&pos)?; // [b, t, d]
         let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
         for l in 0..self.cfg.n_layers {
-            let blk = &self.blocks[l];
-            let resid_pre = hooks.apply(HookPoint::ResidPre(l), resid, offset, &mut cache)?;
-            let h = ops::layer_norm(&resid_pre, &blk.ln1.w, &blk.ln1.b, self.cfg.eps)?;
-            let attn = self.attention(l, &h, offset, kv.as_deref_mut(), hooks, &mut cache)?;
-            let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, &mut cache)?;
-            let resid_mid = hooks.apply(
-                HookPoint::ResidMid(l),
-                (resid_pre + attn)?,
-                offset,
-                &mut cache,
-            )?;
-            let h = ops::layer_norm(&resid_mid, &blk.ln2.w, &blk.ln2.b, self.cfg.eps)?;
-            let pre = ops::linear(&h, &blk.fc_w, Some(&blk.fc_b))?;
-            let pre = hooks.apply(HookPoint::MlpPre(l), pre, offset, &mut cache)?;
-            let post = hooks.apply(HookPoint::MlpPost(l), pre.gelu()?, offset, &mut cache)?;
-            let mlp = ops::linear(&post, &blk.proj_w, Some(&blk.proj_b))?;
-            let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, offset, &mut cache)?;
-            resid = hooks.apply(
-                HookPoint::ResidPost(l),
-                (resid_mid + mlp)?,
-                offset,
-                &mut cache,
-            )?;
+            resid = self.block(l, resid, offset, kv.as_deref_mut(), hooks, &mut cache)?;
         }
         if at == LogitsAt::Last {
             resid = resid.narrow(1, t - 1, 1)?;
@@ -337,6 +341,21 @@ impl Transformer for Gpt2 {
     ) -> Result<ForwardOutput, ModelError> {
         super::check_call(&self.info, ids, kv.as_deref(), hooks)?;
         Ok(self.forward_inner(ids, kv, hooks, at)?)
+    }
+
+    fn forward_blocks(
+        &self,
+        resid: &Tensor,
+        layers: Range<usize>,
+        hooks: &Hooks,
+    ) -> Result<(Tensor, ActivationCache), ModelError> {
+        super::check_blocks(&self.info, resid, &layers, hooks)?;
+        let mut cache = ActivationCache::default();
+        let mut x = resid.clone();
+        for l in layers {
+            x = self.block(l, x, 0, None, hooks, &mut cache)?;
+        }
+        Ok((x, cache))
     }
 
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError> {

@@ -3,6 +3,7 @@
 //! untied unembedding. Weights use Hugging Face checkpoint names; GGUF files are renamed
 //! and their q/k rows un-permuted into this layout by `gguf.rs`.
 
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -269,6 +270,28 @@ impl Llama {
         ops::linear(&post, &m.down, None)
     }
 
+    /// Block `l` on the residual stream entering it: `hook_resid_pre` to `hook_resid_post`.
+    fn block(
+        &self,
+        l: usize,
+        resid: Tensor,
+        offset: usize,
+        kv: Option<&mut KvCache>,
+        hooks: &Hooks,
+        cache: &mut ActivationCache,
+    ) -> candle_core::Result<Tensor> {
+        let blk = &self.blocks[l];
+        let resid_pre = hooks.apply(HookPoint::ResidPre(l), resid, offset, cache)?;
+        let h = ops::rms_norm(&resid_pre, &blk.ln1, self.cfg.rms_eps)?;
+        let attn = self.attention(l, &h, offset, kv, hooks, cache)?;
+        let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, cache)?;
+        let resid_mid = hooks.apply(HookPoint::ResidMid(l), (resid_pre + attn)?, offset, cache)?;
+        let h = ops::rms_norm(&resid_mid, &blk.ln2, self.cfg.rms_eps)?;
+        let mlp = self.mlp(l, &h, offset, hooks, cache)?;
+        let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, offset, cache)?;
+        hooks.apply(HookPoint::ResidPost(l), (resid_mid + mlp)?, offset, cache)
+    }
+
     fn forward_inner(
         &self,
         ids: &Tensor,
@@ -285,26 +308,7 @@ impl Llama {
                 .reshape((b, t, self.cfg.d_model))?; // [b, t, d]
         let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
         for l in 0..self.cfg.n_layers {
-            let blk = &self.blocks[l];
-            let resid_pre = hooks.apply(HookPoint::ResidPre(l), resid, offset, &mut cache)?;
-            let h = ops::rms_norm(&resid_pre, &blk.ln1, self.cfg.rms_eps)?;
-            let attn = self.attention(l, &h, offset, kv.as_deref_mut(), hooks, &mut cache)?;
-            let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, &mut cache)?;
-            let resid_mid = hooks.apply(
-                HookPoint::ResidMid(l),
-                (resid_pre + attn)?,
-                offset,
-                &mut cache,
-            )?;
-            let h = ops::rms_norm(&resid_mid, &blk.ln2, self.cfg.rms_eps)?;
-            let mlp = self.mlp(l, &h, offset, hooks, &mut cache)?;
-            let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, offset, &mut cache)?;
-            resid = hooks.apply(
-                HookPoint::ResidPost(l),
-                (resid_mid + mlp)?,
-                offset,
-                &mut cache,
-            )?;
+            resid = self.block(l, resid, offset, kv.as_deref_mut(), hooks, &mut cache)?;
         }
         if at == LogitsAt::Last {
             resid = resid.narrow(1, t - 1, 1)?;
@@ -337,6 +341,21 @@ impl Transformer for Llama {
     ) -> Result<ForwardOutput, ModelError> {
         super::check_call(&self.info, ids, kv.as_deref(), hooks)?;
         Ok(self.forward_inner(ids, kv, hooks, at)?)
+    }
+
+    fn forward_blocks(
+        &self,
+        resid: &Tensor,
+        layers: Range<usize>,
+        hooks: &Hooks,
+    ) -> Result<(Tensor, ActivationCache), ModelError> {
+        super::check_blocks(&self.info, resid, &layers, hooks)?;
+        let mut cache = ActivationCache::default();
+        let mut x = resid.clone();
+        for l in layers {
+            x = self.block(l, x, 0, None, hooks, &mut cache)?;
+        }
+        Ok((x, cache))
     }
 
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError> {

@@ -157,6 +157,37 @@ pub(crate) fn check_call(
     Ok(())
 }
 
+/// What [`Transformer::forward_blocks`] checks: a `[b, t, d]` stream, a non-empty range
+/// of the model's layers, hooks on existing layers, and a length within the window.
+pub(crate) fn check_blocks(
+    info: &ModelInfo,
+    resid: &Tensor,
+    layers: &std::ops::Range<usize>,
+    hooks: &Hooks,
+) -> Result<(), ModelError> {
+    hooks.validate(info.n_layers)?;
+    let dims = resid.dims();
+    if dims.len() != 3 || dims[2] != info.d_model {
+        return Err(ModelError::Call(format!(
+            "a residual stream must be [batch, positions, {}], got {dims:?}",
+            info.d_model
+        )));
+    }
+    if layers.is_empty() || layers.end > info.n_layers {
+        return Err(ModelError::Call(format!(
+            "layers {layers:?} must be a non-empty range within 0..{}",
+            info.n_layers
+        )));
+    }
+    if dims[1] > info.max_positions {
+        return Err(ModelError::TooLong {
+            len: dims[1],
+            max: info.max_positions,
+        });
+    }
+    Ok(())
+}
+
 /// A causal language model with hook points.
 pub trait Transformer: Send + Sync {
     fn info(&self) -> &ModelInfo;
@@ -181,6 +212,18 @@ pub trait Transformer: Send + Sync {
     ) -> Result<ForwardOutput, ModelError> {
         self.forward_at(ids, kv, hooks, LogitsAt::All)
     }
+
+    /// Run only blocks `layers` on `resid` `[b, t, d]`, the stream entering the first of
+    /// them (its `hook_resid_pre`), at positions from 0 without a KV cache. Returns the
+    /// stream leaving the last block (after its `hook_resid_post`) and what readers
+    /// cached. Training a breaker needs only the layers between its site and the layer
+    /// its loss reads, so the rest of the model is never run for every step.
+    fn forward_blocks(
+        &self,
+        resid: &Tensor,
+        layers: std::ops::Range<usize>,
+        hooks: &Hooks,
+    ) -> Result<(Tensor, ActivationCache), ModelError>;
 
     /// Final norm and unembedding of a residual-stream tensor `[.., d]` → `[.., vocab]`.
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError>;
