@@ -9,6 +9,7 @@ pub mod data;
 pub mod intervene;
 pub mod model;
 pub mod score;
+pub mod stats;
 pub mod tasks;
 pub mod toxicity;
 pub mod trace;

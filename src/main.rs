@@ -705,24 +705,32 @@ fn run_trace(a: TraceArgs) -> Result<()> {
 }
 
 fn run_fit(a: FitArgs) -> Result<()> {
-    use scalpel::intervene::config::{self, FitConfig};
+    use scalpel::intervene::config::{self, FitConfig, FitProgress};
     let cfg = FitConfig::read(&a.config)?;
     let model = load(&a.model)?;
     let steps = cfg.low_rank.resolve(cfg.max_tokens).steps;
-    let bar = progress_bar(!a.json, steps, "steps", format!("fit {}", cfg.kind));
-    let outcome = config::run(
-        &model,
-        &cfg,
-        a.out.as_deref(),
-        a.force,
-        |done, total, loss| {
-            if let Some(b) = &bar {
+    let bar = progress_bar(!a.json, steps, "", format!("fit {}", cfg.kind));
+    let outcome = config::run(&model, &cfg, a.out.as_deref(), a.force, |p| {
+        let (done, total, msg) = match p {
+            FitProgress::Sweep { done, total } => (done, total, "site sweep".to_string()),
+            FitProgress::Train { done, total, loss } => {
+                (done, total, format!("training, loss {loss:.4}"))
+            }
+        };
+        match &bar {
+            Some(b) => {
                 b.set_length(total as u64);
                 b.set_position(done as u64);
-                b.set_message(format!("fit {} loss {loss:.4}", cfg.kind));
+                b.set_message(format!("fit {} {msg}", cfg.kind));
             }
-        },
-    )?;
+            // Off a terminal (CI logs, nohup) a line every 10 steps still shows
+            // progress.
+            None if done % 10 == 0 || done == total => {
+                eprintln!("fit {}: {msg} {done}/{total}", cfg.kind)
+            }
+            None => {}
+        }
+    })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -405,7 +405,7 @@ fn the_site_sweep_ranks_layers_by_measured_selectivity() {
         top: 2,
         heldout: 2,
     };
-    let (chosen, effects) = select_sites(m, &c, &cfg, 32).unwrap();
+    let (chosen, effects) = select_sites(m, &c, &cfg, 32, |_, _| {}).unwrap();
     let names: Vec<&str> = effects.iter().map(|e| e.site.as_str()).collect();
     assert_eq!(effects.len(), 3, "{names:?}");
     for l in [2, 8, 14] {
@@ -446,7 +446,7 @@ fn the_site_sweep_ranks_layers_by_measured_selectivity() {
     assert!(effects[0].selectivity > 0.0, "{effects:?}");
     // Too few texts to hold out is an error, not a silent pick.
     let few = SelectConfig { heldout: 4, ..cfg };
-    assert!(select_sites(m, &c, &few, 32).is_err());
+    assert!(select_sites(m, &c, &few, 32, |_, _| {}).is_err());
 }
 
 #[test]

@@ -254,6 +254,19 @@ pub fn fixture_dir(fingerprint: &str, cfg: &FitConfig, data: &[DataRecord]) -> P
         .join(&key[..32])
 }
 
+/// Where a fit is, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FitProgress {
+    /// Candidate sites of the `select` sweep measured so far.
+    Sweep { done: usize, total: usize },
+    /// Training steps taken, and the last step's loss.
+    Train {
+        done: usize,
+        total: usize,
+        loss: f64,
+    },
+}
+
 /// What [`run`] did.
 pub struct FitOutcome {
     pub dir: PathBuf,
@@ -270,7 +283,7 @@ pub fn run(
     cfg: &FitConfig,
     out: Option<&Path>,
     force: bool,
-    progress: impl FnMut(usize, usize, f64),
+    mut progress: impl FnMut(FitProgress),
 ) -> Result<FitOutcome, ConfigError> {
     let mut sites = cfg.sites().map_err(FitError::Invalid)?;
     let (harmful, mut data) = texts(&cfg.harmful)?;
@@ -291,7 +304,10 @@ pub fn run(
     let c = Contrast { harmful, harmless };
     let mut selection = Vec::new();
     if let Some(sel) = &cfg.select {
-        let (chosen, effects) = select::select_sites(model, &c, sel, cfg.max_tokens)?;
+        let (chosen, effects) =
+            select::select_sites(model, &c, sel, cfg.max_tokens, |done, total| {
+                progress(FitProgress::Sweep { done, total })
+            })?;
         sites = chosen;
         selection = effects;
     }
@@ -333,7 +349,9 @@ pub fn run(
                 ("batch".to_string(), lr.batch as f64),
                 ("retain_weight".to_string(), lr.retain_weight),
             ]);
-            let (iv, t) = fit::fit_low_rank(model, &c, &sites, &lr, progress)?;
+            let (iv, t) = fit::fit_low_rank(model, &c, &sites, &lr, |done, total, loss| {
+                progress(FitProgress::Train { done, total, loss })
+            })?;
             (iv, Some(t))
         }
         Kind::None => (Intervention::None, None),

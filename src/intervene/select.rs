@@ -56,6 +56,7 @@ pub fn select_sites(
     c: &Contrast,
     cfg: &SelectConfig,
     max_tokens: usize,
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<HookPoint>, Vec<SiteEffect>), FitError> {
     let n_layers = model.model.info().n_layers;
     let [lo, hi] = cfg.layers;
@@ -106,6 +107,7 @@ pub fn select_sites(
                  (harmful shift {harm}, harmless shift {keep})"
             )));
         }
+        progress(effects.len() + 1, points.len());
         effects.push((
             *p,
             SiteEffect {

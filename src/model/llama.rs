@@ -349,13 +349,9 @@ impl Transformer for Llama {
         layers: Range<usize>,
         hooks: &Hooks,
     ) -> Result<(Tensor, ActivationCache), ModelError> {
-        super::check_blocks(&self.info, resid, &layers, hooks)?;
-        let mut cache = ActivationCache::default();
-        let mut x = resid.clone();
-        for l in layers {
-            x = self.block(l, x, 0, None, hooks, &mut cache)?;
-        }
-        Ok((x, cache))
+        super::run_blocks(&self.info, resid, layers, hooks, |l, x, cache| {
+            self.block(l, x, 0, None, hooks, cache)
+        })
     }
 
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError> {

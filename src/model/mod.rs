@@ -157,9 +157,27 @@ pub(crate) fn check_call(
     Ok(())
 }
 
+/// [`Transformer::forward_blocks`] for an architecture whose `block(l, x, cache)` runs
+/// block `l` at positions from 0 without a KV cache.
+pub(crate) fn run_blocks(
+    info: &ModelInfo,
+    resid: &Tensor,
+    layers: std::ops::Range<usize>,
+    hooks: &Hooks,
+    mut block: impl FnMut(usize, Tensor, &mut ActivationCache) -> candle_core::Result<Tensor>,
+) -> Result<(Tensor, ActivationCache), ModelError> {
+    check_blocks(info, resid, &layers, hooks)?;
+    let mut cache = ActivationCache::default();
+    let mut x = resid.clone();
+    for l in layers {
+        x = block(l, x, &mut cache)?;
+    }
+    Ok((x, cache))
+}
+
 /// What [`Transformer::forward_blocks`] checks: a `[b, t, d]` stream, a non-empty range
 /// of the model's layers, hooks on existing layers, and a length within the window.
-pub(crate) fn check_blocks(
+fn check_blocks(
     info: &ModelInfo,
     resid: &Tensor,
     layers: &std::ops::Range<usize>,

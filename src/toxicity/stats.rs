@@ -5,24 +5,7 @@
 //! tests check them against scipy/scikit-learn values and check their coverage on
 //! synthetic data with a known answer.
 
-use serde::Serialize;
-use statrs::distribution::{ContinuousCDF, Normal};
-
-/// A point estimate with a two-sided confidence interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Estimate {
-    pub value: f64,
-    pub lo: f64,
-    pub hi: f64,
-    /// Coverage of [lo, hi], e.g. 0.95.
-    pub level: f64,
-}
-
-/// The standard normal quantile for a two-sided interval at `level`.
-pub fn z_two_sided(level: f64) -> f64 {
-    let n = Normal::new(0.0, 1.0).expect("standard normal");
-    n.inverse_cdf(0.5 + level / 2.0)
-}
+pub use crate::stats::{z_two_sided, Estimate};
 
 /// Midranks (1-based; ties get the mean of the ranks they span), as scipy's
 /// `rankdata(method="average")`.
@@ -144,7 +127,6 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-    use statrs::distribution::Normal as SNormal;
 
     // Ties on both sides and across classes.
     const POS: [f64; 5] = [0.9, 0.8, 0.8, 0.55, 0.3];
@@ -197,7 +179,7 @@ mod tests {
     /// time (binomial sd ≈ 1.1%).
     #[test]
     fn delong_interval_covers_the_true_auc() {
-        let truth = SNormal::new(0.0, 1.0).unwrap().cdf(1.0 / 2f64.sqrt());
+        let truth = crate::stats::normal_cdf(1.0 / 2f64.sqrt());
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let reps = 400;
         let mut covered = 0;
