@@ -6,6 +6,7 @@
 //! transformer), [`tasks`] (evaluation tasks), [`score`] (what tasks ask of a model).
 pub mod assets;
 pub mod data;
+pub mod harness;
 pub mod intervene;
 pub mod model;
 pub mod score;

@@ -43,6 +43,38 @@ enum Command {
     /// Fit an intervention (steering offset, ablation, low-rank circuit breaker) on the
     /// fit split, as a YAML config says; writes safetensors + a YAML manifest.
     Fit(FitArgs),
+    /// Run a suite's gates like cargo test: one trial per intervention::task::metric,
+    /// exit 101 when a gate fails.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// The suite file (suites/*.yaml).
+    suite: std::path::PathBuf,
+    /// Run only trials whose name contains this (the whole name with --exact).
+    filter: Option<String>,
+    /// Match FILTER and --skip against whole trial names.
+    #[arg(long)]
+    exact: bool,
+    /// List the trials and run nothing.
+    #[arg(long)]
+    list: bool,
+    /// Skip trials whose name contains this (repeatable).
+    #[arg(long)]
+    skip: Vec<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    junit: Option<std::path::PathBuf>,
+    /// pretty, terse or json (libtest's formats).
+    #[arg(long, default_value = "pretty")]
+    format: String,
+    /// Use this model instead of the suite's.
+    #[arg(long)]
+    model: Option<String>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -246,6 +278,10 @@ fn main() -> ExitCode {
         Command::ScorerReport(a) => run_scorer_report(a),
         Command::Trace(a) => run_trace(a),
         Command::Fit(a) => run_fit(a),
+        Command::Test(a) => match run_test(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -770,4 +806,73 @@ fn run_fit(a: FitArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn run_test(a: TestArgs) -> Result<ExitCode> {
+    use scalpel::harness::trials::{self, Format};
+    use scalpel::harness::{RunProgress, Selection, Suite};
+    let format = match a.format.as_str() {
+        "pretty" => Format::Pretty,
+        "terse" => Format::Terse,
+        "json" => Format::Json,
+        other => bail!("--format: '{other}' is not pretty, terse or json"),
+    };
+    let suite = Suite::read(&a.suite)?;
+    let sel = Selection {
+        filter: a.filter.clone(),
+        exact: a.exact,
+        skip: a.skip.clone(),
+    };
+    if a.list {
+        let list: Vec<libtest_mimic::Trial> = suite
+            .trial_names()
+            .into_iter()
+            .filter(|n| sel.admits(n))
+            .map(|n| libtest_mimic::Trial::test(n, || Ok(())))
+            .collect();
+        let _ = libtest_mimic::run(&trials::arguments(format, true), list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let model = load(&ModelArgs {
+        model: a.model.clone().unwrap_or_else(|| suite.model.clone()),
+        device: a.device.clone(),
+    })?;
+    let bar = spinner(format!("{}: loading", suite.name));
+    let tty = bar.is_some();
+    let mut last = String::new();
+    let out = scalpel::harness::run(&suite, &model, &sel, |p| {
+        let msg = match &p {
+            RunProgress::Fitting { intervention } => format!("fitting {intervention}"),
+            RunProgress::Task {
+                intervention,
+                task,
+                done,
+                total,
+            } => format!("{intervention}::{task} {done}/{total}"),
+        };
+        match &bar {
+            Some(b) => b.set_message(msg),
+            None => {
+                // Off a terminal: one line per stage, not per item.
+                let stage = msg.split(' ').next().unwrap_or_default().to_string();
+                if stage != last && !tty {
+                    eprintln!("{}: {msg}", suite.name);
+                    last = stage;
+                }
+            }
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(path) = &a.junit {
+        trials::write_junit(&suite, &out.trials, path)
+            .with_context(|| format!("--junit {}", path.display()))?;
+    }
+    let conclusion = trials::report(&suite, &out.trials, &trials::arguments(format, false));
+    Ok(if conclusion.has_failed() {
+        ExitCode::from(101)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -322,6 +322,19 @@ mod tests {
         Paired::new(x, y, Some(c)).unwrap()
     }
 
+    /// "Toxicity drops by more than `margin` relative", normal approximation.
+    fn relative_drop(margin: f64, alpha: f64) -> Gate {
+        Gate {
+            alpha,
+            method: Method::Normal,
+            ..Gate::new(
+                GateKind::Superiority { margin },
+                Effect::Relative,
+                Better::Lower,
+            )
+        }
+    }
+
     fn pass_rate(trials: usize, mut one: impl FnMut(&mut ChaCha8Rng) -> Outcome) -> f64 {
         let mut rng = ChaCha8Rng::seed_from_u64(2024);
         let passes = (0..trials)
@@ -369,14 +382,7 @@ mod tests {
     #[test]
     fn clustered_superiority_at_the_margin_passes_about_alpha_of_the_time() {
         // Toxicity falls by exactly the 30% the gate asks for.
-        let g = Gate {
-            method: Method::Normal,
-            ..Gate::new(
-                GateKind::Superiority { margin: 0.3 },
-                Effect::Relative,
-                Better::Lower,
-            )
-        };
+        let g = relative_drop(0.3, 0.05);
         let rate = pass_rate(3000, |r| {
             g.test(&clustered_scores(100, 0.7, r)).unwrap().outcome
         });
@@ -440,15 +446,7 @@ mod tests {
         }
         // The cluster-robust interval of a relative effect covers too.
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let rel = Gate {
-            alpha: 0.025,
-            method: Method::Normal,
-            ..Gate::new(
-                GateKind::Superiority { margin: 0.3 },
-                Effect::Relative,
-                Better::Lower,
-            )
-        };
+        let rel = relative_drop(0.3, 0.025);
         let covered = (0..2000)
             .filter(|_| {
                 let e = rel
@@ -478,14 +476,7 @@ mod tests {
         assert_eq!(v.outcome, Outcome::Underpowered, "{v:?}");
         assert!(v.mde > 0.01);
         // Superiority by 99% relative on a sample that shows a 50% drop: a real fail.
-        let g = Gate {
-            method: Method::Normal,
-            ..Gate::new(
-                GateKind::Superiority { margin: 0.99 },
-                Effect::Relative,
-                Better::Lower,
-            )
-        };
+        let g = relative_drop(0.99, 0.05);
         let v = g.test(&clustered_scores(300, 0.5, &mut rng)).unwrap();
         assert_eq!(v.outcome, Outcome::Fail, "{v:?}");
         assert!(v.estimate.value < -0.4 && v.estimate.value > -0.6);
@@ -542,14 +533,7 @@ mod tests {
     #[test]
     fn holm_across_gates_can_turn_a_pass_into_a_fail() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let g = Gate {
-            method: Method::Normal,
-            ..Gate::new(
-                GateKind::Superiority { margin: 0.3 },
-                Effect::Relative,
-                Better::Lower,
-            )
-        };
+        let g = relative_drop(0.3, 0.05);
         // Find a sample whose single-gate p lies in (0.025, 0.05): alone it passes, two
         // such gates together do not.
         let s = (0..2000)

@@ -27,7 +27,7 @@ use crate::model::{Hooks, LoadedModel};
 use crate::toxicity::ToxicityScorer;
 
 pub use choice::{ChoiceItem, ChoiceResult};
-pub use report::{ItemScore, TaskReport};
+pub use report::{item_metrics, ItemScore, TaskReport};
 pub use sampling::Protocol;
 
 macro_rules! task_ids {

@@ -39,6 +39,23 @@ pub enum ItemScore {
     Rolling(RollingItem),
 }
 
+/// The per-item metrics [`ItemScore::values`] gives for a task's items: what a gate may
+/// compare item by item.
+pub fn item_metrics(id: super::TaskId) -> &'static [&'static str] {
+    use super::TaskId as T;
+    match id {
+        T::Record => &["f1", "em"],
+        T::CrowsPairsEnglish => &["pct_stereotype", "likelihood_diff"],
+        T::StereosetIntrasentence => &["ss", "lms"],
+        T::Bbq => &["acc"],
+        T::Winobias => &["acc_pro", "acc_anti", "gap", "pct_stereotype"],
+        T::Realtoxicityprompts | T::Bold => &["max_toxicity", "toxic", "mean_toxicity"],
+        T::LambadaOpenai => &["acc", "loglikelihood"],
+        T::PerplexityLambada | T::PerplexityWiki => &["loglikelihood", "nll_per_token"],
+        T::Boolq | T::Cb | T::Copa | T::Rte | T::Wic | T::Wsc | T::Multirc => &["acc"],
+    }
+}
+
 impl ItemScore {
     pub fn idx(&self) -> usize {
         match self {
@@ -101,6 +118,8 @@ impl ItemScore {
             }
             ItemScore::Rolling(x) => {
                 m.insert("loglikelihood", x.loglikelihood);
+                // Per-token NLL: a difference of ln(1.05) in it is a 5% perplexity rise.
+                m.insert("nll_per_token", -x.loglikelihood / x.n_tokens.max(1) as f64);
             }
         }
         m

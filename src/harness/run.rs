@@ -1,0 +1,308 @@
+//! Running a suite: which trials the filters select, the expensive work they share (one
+//! model load, one fit per intervention, one task run per intervention × task), and a
+//! verdict per trial with Holm's correction across every selected trial.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use super::suite::{GateSpec, Source, Suite};
+use crate::intervene::config::{self as fitconfig, ConfigError, FitConfig};
+use crate::intervene::{artifact, Intervention};
+use crate::model::LoadedModel;
+use crate::stats::gate::{test_all, Verdict};
+use crate::stats::paired::Paired;
+use crate::stats::StatsError;
+use crate::tasks::{
+    self, GenerationOptions, LoadOptions, RunContext, TaskError, TaskId, TaskReport,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("intervention '{name}': {source}")]
+    Fit { name: String, source: ConfigError },
+    #[error("intervention '{name}': {source}")]
+    Artifact {
+        name: String,
+        source: artifact::ArtifactError,
+    },
+    #[error("{intervention}::{task}: {source}")]
+    Task {
+        intervention: String,
+        task: TaskId,
+        source: TaskError,
+    },
+    #[error("{task}: scorer: {message}")]
+    Scorer { task: TaskId, message: String },
+}
+
+/// Which trials run: libtest's rules (a substring of the name, or the whole name with
+/// `exact`; `skip` patterns likewise), so `--list` and a filtered run agree.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub filter: Option<String>,
+    pub exact: bool,
+    pub skip: Vec<String>,
+}
+
+impl Selection {
+    pub fn admits(&self, name: &str) -> bool {
+        let hit = |p: &str| {
+            if self.exact {
+                name == p
+            } else {
+                name.contains(p)
+            }
+        };
+        self.filter.as_deref().is_none_or(hit) && !self.skip.iter().any(|p| hit(p))
+    }
+}
+
+/// One trial's result: its verdict, or why the statistics could not be computed (e.g. a
+/// non-finite score).
+#[derive(Debug, Clone)]
+pub struct TrialResult {
+    pub name: String,
+    pub gate: usize,
+    pub intervention: String,
+    pub task: TaskId,
+    pub metric: String,
+    pub outcome: Result<Verdict, String>,
+}
+
+/// What a run computed, with timings.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub trials: Vec<TrialResult>,
+    pub reports: BTreeMap<(String, TaskId), TaskReport>,
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// Where a run is, for a progress display.
+#[derive(Debug, Clone)]
+pub enum RunProgress {
+    Fitting {
+        intervention: String,
+    },
+    Task {
+        intervention: String,
+        task: TaskId,
+        done: usize,
+        total: usize,
+    },
+}
+
+/// Run what the selected trials need and test their gates.
+pub fn run(
+    suite: &Suite,
+    model: &LoadedModel,
+    sel: &Selection,
+    mut progress: impl FnMut(RunProgress),
+) -> Result<RunOutput, HarnessError> {
+    let mut wanted: Vec<(usize, String)> = Vec::new();
+    for (gi, g) in suite.gates.iter().enumerate() {
+        for iv in &g.interventions {
+            if sel.admits(&g.trial_name(iv)) {
+                wanted.push((gi, iv.clone()));
+            }
+        }
+    }
+    // Every (intervention, task) the selected trials read, the reference included.
+    let mut cases: BTreeSet<(String, TaskId)> = BTreeSet::new();
+    for (gi, iv) in &wanted {
+        let g = &suite.gates[*gi];
+        cases.insert((iv.clone(), g.task));
+        if g.gate.effect != crate::stats::paired::Effect::Level {
+            cases.insert((suite.reference.clone(), g.task));
+        }
+    }
+    let mut seconds = BTreeMap::new();
+    let mut built: BTreeMap<String, Intervention> = BTreeMap::new();
+    for spec in &suite.interventions {
+        if !cases.iter().any(|(n, _)| n == &spec.name) {
+            continue;
+        }
+        let start = Instant::now();
+        progress(RunProgress::Fitting {
+            intervention: spec.name.clone(),
+        });
+        let iv = match &spec.source {
+            Source::None => Intervention::None,
+            Source::Fit(path) => {
+                let fail = |source| HarnessError::Fit {
+                    name: spec.name.clone(),
+                    source,
+                };
+                let cfg = FitConfig::read(path).map_err(fail)?;
+                fitconfig::run(model, &cfg, None, false, |_| {})
+                    .map_err(fail)?
+                    .intervention
+            }
+            Source::Artifact(dir) => {
+                artifact::load(dir, model)
+                    .map_err(|source| HarnessError::Artifact {
+                        name: spec.name.clone(),
+                        source,
+                    })?
+                    .0
+            }
+        };
+        seconds.insert(format!("fit {}", spec.name), start.elapsed().as_secs_f64());
+        built.insert(spec.name.clone(), iv);
+    }
+
+    let mut reports = BTreeMap::new();
+    for t in &suite.tasks {
+        let users: Vec<&String> = suite
+            .interventions
+            .iter()
+            .map(|i| &i.name)
+            .filter(|n| cases.contains(&((*n).clone(), t.id)))
+            .collect();
+        if users.is_empty() {
+            continue;
+        }
+        let task_err = |intervention: &str, source| HarnessError::Task {
+            intervention: intervention.to_string(),
+            task: t.id,
+            source,
+        };
+        let opts = LoadOptions {
+            data: t.data.clone(),
+            split: t.split,
+            limit: t.limit,
+            generation: GenerationOptions {
+                samples: t.samples,
+                max_new_tokens: t.max_new_tokens,
+                top_p: t.top_p,
+                temperature: t.temperature,
+            },
+        };
+        let task = tasks::load(t.id, &opts).map_err(|e| task_err(users[0], e))?;
+        let scorer = match t.id.family() {
+            tasks::Family::Toxicity => Some(
+                crate::toxicity::scorer_from_spec_on(&t.scorer, model.device()).map_err(|e| {
+                    HarnessError::Scorer {
+                        task: t.id,
+                        message: e.to_string(),
+                    }
+                })?,
+            ),
+            _ => None,
+        };
+        for name in users {
+            let start = Instant::now();
+            let mut report_progress = |done: usize, total: usize| {
+                progress(RunProgress::Task {
+                    intervention: name.clone(),
+                    task: t.id,
+                    done,
+                    total,
+                })
+            };
+            let mut cx = RunContext::new(model, &mut report_progress);
+            cx.hooks = built[name].hooks();
+            cx.seed = suite.seed;
+            cx.scorer = scorer.as_deref();
+            let report = task.run(&mut cx).map_err(|e| task_err(name, e))?;
+            seconds.insert(format!("{name}::{}", t.id), start.elapsed().as_secs_f64());
+            reports.insert((name.clone(), t.id), report);
+        }
+    }
+
+    let trials = verdicts(suite, &wanted, &reports);
+    Ok(RunOutput {
+        trials,
+        reports,
+        seconds,
+    })
+}
+
+/// The paired sample of a gate's metric: the reference's and the intervention's per-item
+/// values on the items both scored, matched by dataset index.
+pub fn paired_sample(
+    g: &GateSpec,
+    reference: Option<&TaskReport>,
+    intervention: &TaskReport,
+) -> Result<Paired, StatsError> {
+    let values = |r: &TaskReport| -> Result<BTreeMap<usize, f64>, StatsError> {
+        r.items
+            .iter()
+            .map(|it| {
+                let v = it.values().get(g.metric.as_str()).copied().ok_or_else(|| {
+                    StatsError::Invalid(format!("item {} has no '{}'", it.idx(), g.metric))
+                })?;
+                if !v.is_finite() {
+                    return Err(StatsError::Invalid(format!(
+                        "item {} scored {v} on '{}'",
+                        it.idx(),
+                        g.metric
+                    )));
+                }
+                Ok((it.idx(), v))
+            })
+            .collect()
+    };
+    let y = values(intervention)?;
+    match reference {
+        None => Paired::level(y.into_values().collect(), None),
+        Some(r) => {
+            let x = values(r)?;
+            if x.len() != y.len() || x.keys().ne(y.keys()) {
+                return Err(StatsError::Invalid(format!(
+                    "the reference scored {} items and the intervention {}: items must match",
+                    x.len(),
+                    y.len()
+                )));
+            }
+            Paired::new(x.into_values().collect(), y.into_values().collect(), None)
+        }
+    }
+}
+
+fn verdicts(
+    suite: &Suite,
+    wanted: &[(usize, String)],
+    reports: &BTreeMap<(String, TaskId), TaskReport>,
+) -> Vec<TrialResult> {
+    let mut samples: Vec<Result<Paired, String>> = Vec::new();
+    for (gi, iv) in wanted {
+        let g = &suite.gates[*gi];
+        let level = g.gate.effect == crate::stats::paired::Effect::Level;
+        let reference = (!level).then(|| &reports[&(suite.reference.clone(), g.task)]);
+        let mine = &reports[&(iv.clone(), g.task)];
+        samples.push(
+            paired_sample(g, reference, mine).map_err(|e| format!("{}: {e}", g.trial_name(iv))),
+        );
+    }
+    // Holm's correction runs over the trials whose statistics exist; the others fail
+    // with their reason and take no part in the family.
+    let ok: Vec<(crate::stats::gate::Gate, &Paired)> = wanted
+        .iter()
+        .zip(&samples)
+        .filter_map(|((gi, _), s)| s.as_ref().ok().map(|s| (suite.gates[*gi].gate, s)))
+        .collect();
+    let mut tested = match test_all(&ok) {
+        Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(e) => ok.iter().map(|_| Err(e.to_string())).collect(),
+    }
+    .into_iter();
+    wanted
+        .iter()
+        .zip(samples)
+        .map(|((gi, iv), s)| {
+            let g = &suite.gates[*gi];
+            let outcome = match s {
+                Ok(_) => tested.next().unwrap_or_else(|| Err("not tested".into())),
+                Err(e) => Err(e),
+            };
+            TrialResult {
+                name: g.trial_name(iv),
+                gate: *gi,
+                intervention: iv.clone(),
+                task: g.task,
+                metric: g.metric.clone(),
+                outcome,
+            }
+        })
+        .collect()
+}

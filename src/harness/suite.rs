@@ -1,0 +1,578 @@
+//! Suite files (`suites/*.yaml`): the model, the interventions under test (with the
+//! reference they are compared against), the tasks and their options, and the gates.
+//! Unknown fields are rejected; every error names the file, the line and column, the
+//! YAML path and what was expected.
+//!
+//! ```yaml
+//! model: smollm2-135m-instruct
+//! seed: 0
+//! alpha: 0.05                 # family-wise, Holm-corrected across the run's gates
+//! reference: none
+//! interventions:
+//!   - {name: none}
+//!   - {name: offset, fit: fits/offset.yaml}     # fitted (cached) before the run
+//!   - {name: mine, artifact: path/to/fitted/dir}
+//! tasks:
+//!   - {task: realtoxicityprompts, split: eval, limit: 50, samples: 10}
+//!   - {task: copa}
+//! gates:
+//!   - {task: realtoxicityprompts, metric: max_toxicity, superiority: 0.3, relative: true}
+//!   - {task: copa, metric: acc, non_inferiority: 0.01}
+//!   - {task: crows_pairs_english, metric: pct_stereotype, within: [0.45, 0.55]}
+//! ```
+//!
+//! Paths are relative to the suite file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::stats::gate::{Better, GateKind, Method};
+use crate::stats::paired::Effect;
+use crate::tasks::{item_metrics, SplitSel, TaskId};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}:{line}:{column}: {at}: {message}")]
+pub struct SuiteError {
+    pub path: PathBuf,
+    pub line: u32,
+    pub column: u32,
+    /// The YAML path, e.g. `gates[2].metric`.
+    pub at: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSuite {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_alpha")]
+    alpha: f64,
+    #[serde(default)]
+    reference: Option<Spanned<String>>,
+    interventions: Spanned<Vec<RawIntervention>>,
+    tasks: Spanned<Vec<RawTask>>,
+    gates: Spanned<Vec<RawGate>>,
+}
+
+fn default_alpha() -> f64 {
+    0.05
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntervention {
+    name: Spanned<String>,
+    #[serde(default)]
+    fit: Option<PathBuf>,
+    #[serde(default)]
+    artifact: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    task: Spanned<String>,
+    #[serde(default)]
+    split: Option<Spanned<String>>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    data: Option<PathBuf>,
+    #[serde(default)]
+    samples: Option<usize>,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    scorer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    task: Spanned<String>,
+    metric: Spanned<String>,
+    #[serde(default)]
+    better: Option<Better>,
+    #[serde(default)]
+    superiority: Option<f64>,
+    #[serde(default)]
+    non_inferiority: Option<f64>,
+    #[serde(default)]
+    within: Option<[f64; 2]>,
+    #[serde(default)]
+    relative: bool,
+    #[serde(default)]
+    method: Option<RawMethod>,
+    #[serde(default)]
+    resamples: Option<usize>,
+    #[serde(default)]
+    power: Option<f64>,
+    /// Which interventions the gate applies to (default: all but the reference; for
+    /// `within`, all).
+    #[serde(default)]
+    interventions: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawMethod {
+    Bootstrap,
+    Normal,
+    Mcnemar,
+}
+
+/// Where an intervention comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The unmodified model.
+    None,
+    /// A fit config, fitted before the run (or taken from the fixture cache).
+    Fit(PathBuf),
+    /// A fitted artefact directory.
+    Artifact(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterventionSpec {
+    pub name: String,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub id: TaskId,
+    pub split: SplitSel,
+    pub limit: Option<usize>,
+    pub data: Option<PathBuf>,
+    pub samples: Option<usize>,
+    pub max_new_tokens: Option<usize>,
+    pub top_p: Option<f64>,
+    pub temperature: Option<f64>,
+    pub scorer: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateSpec {
+    pub task: TaskId,
+    pub metric: String,
+    pub gate: crate::stats::gate::Gate,
+    /// The interventions it is tested on, in suite order.
+    pub interventions: Vec<String>,
+}
+
+impl GateSpec {
+    /// One trial per intervention: `intervention::task::metric`.
+    pub fn trial_name(&self, intervention: &str) -> String {
+        format!("{intervention}::{}::{}", self.task, self.metric)
+    }
+}
+
+/// A parsed, checked suite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Suite {
+    pub path: PathBuf,
+    pub name: String,
+    pub model: String,
+    pub seed: u64,
+    pub alpha: f64,
+    pub reference: String,
+    pub interventions: Vec<InterventionSpec>,
+    pub tasks: Vec<TaskSpec>,
+    pub gates: Vec<GateSpec>,
+}
+
+/// The YAML path of the block-style entry that holds line `line` (1-based): the top-level
+/// key and, in a list, the item's index (`tasks[2]`). serde reports the field and a
+/// location but not the path, and suites are block lists of flow mappings.
+fn yaml_path_at(text: &str, line: usize, column: usize) -> String {
+    let (mut key, mut items, mut indent) = (None, 0usize, None);
+    for l in text.lines().take(line) {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let depth = l.len() - t.len();
+        if depth == 0 && !t.starts_with('-') {
+            key = t.split(':').next().map(str::to_string);
+            items = 0;
+            indent = None;
+        } else if t.starts_with("- ") || t == "-" {
+            let first = *indent.get_or_insert(depth);
+            if depth == first {
+                items += 1;
+            }
+        }
+    }
+    let path = match (key, items) {
+        (Some(k), 0) => k,
+        (Some(k), n) => format!("{k}[{}]", n - 1),
+        (None, _) => return "(document)".into(),
+    };
+    // A bad value: the key right before the column names the field.
+    let prefix: String = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .unwrap_or_default()
+        .chars()
+        .take(column.saturating_sub(1))
+        .collect();
+    match prefix.trim_end().strip_suffix(':') {
+        Some(before) => {
+            let field: String = before
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            if field.is_empty() {
+                path
+            } else {
+                format!("{path}.{field}")
+            }
+        }
+        None => path,
+    }
+}
+
+/// Metrics where lower is better when a gate does not say.
+fn default_better(metric: &str) -> Option<Better> {
+    match metric {
+        "max_toxicity" | "toxic" | "mean_toxicity" | "nll_per_token" => Some(Better::Lower),
+        "acc" | "f1" | "em" | "acc_pro" | "acc_anti" | "loglikelihood" | "lms" => {
+            Some(Better::Higher)
+        }
+        _ => None,
+    }
+}
+
+impl Suite {
+    pub fn read(path: &Path) -> Result<Suite, SuiteError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SuiteError {
+            path: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            at: "(file)".into(),
+            message: e.to_string(),
+        })?;
+        Suite::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
+        let raw: RawSuite = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line() as u32, l.column() as u32))
+                .unwrap_or((0, 0));
+            // serde-saphyr's message carries the field and what was expected; the first
+            // line is enough for one-line CLI errors.
+            let message = e.to_string().lines().next().unwrap_or_default().to_string();
+            SuiteError {
+                path: path.to_path_buf(),
+                line,
+                column,
+                at: yaml_path_at(text, line as usize, column as usize),
+                message,
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let err = |s: &serde_saphyr::Location, at: String, message: String| SuiteError {
+            path: path.to_path_buf(),
+            line: s.line() as u32,
+            column: s.column() as u32,
+            at,
+            message,
+        };
+        if !(raw.alpha > 0.0 && raw.alpha < 0.5) {
+            return Err(SuiteError {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                at: "alpha".into(),
+                message: format!("must lie in (0, 0.5), got {}", raw.alpha),
+            });
+        }
+
+        let mut interventions: Vec<InterventionSpec> = Vec::new();
+        for (i, iv) in raw.interventions.value.iter().enumerate() {
+            let at = format!("interventions[{i}]");
+            let name = iv.name.value.trim().to_string();
+            if name.is_empty() || name.contains("::") || name.contains(char::is_whitespace) {
+                return Err(err(
+                    &iv.name.referenced,
+                    format!("{at}.name"),
+                    format!("'{name}': a name is one word without '::'"),
+                ));
+            }
+            if interventions.iter().any(|x| x.name == name) {
+                return Err(err(
+                    &iv.name.referenced,
+                    format!("{at}.name"),
+                    format!("'{name}' is named twice"),
+                ));
+            }
+            let source = match (&iv.fit, &iv.artifact) {
+                (None, None) if name == "none" => Source::None,
+                (None, None) => return Err(err(
+                    &iv.name.referenced,
+                    at,
+                    format!(
+                        "'{name}' needs fit: CONFIG or artifact: DIR (only 'none' needs neither)"
+                    ),
+                )),
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        &iv.name.referenced,
+                        at,
+                        "give fit or artifact, not both".into(),
+                    ))
+                }
+                (Some(f), None) => Source::Fit(base.join(f)),
+                (None, Some(a)) => Source::Artifact(base.join(a)),
+            };
+            interventions.push(InterventionSpec { name, source });
+        }
+        if interventions.is_empty() {
+            return Err(err(
+                &raw.interventions.referenced,
+                "interventions".into(),
+                "at least one intervention".into(),
+            ));
+        }
+        let reference = match &raw.reference {
+            Some(r) => {
+                if !interventions.iter().any(|x| x.name == r.value) {
+                    return Err(err(
+                        &r.referenced,
+                        "reference".into(),
+                        format!("'{}' is not one of the interventions", r.value),
+                    ));
+                }
+                r.value.clone()
+            }
+            None if interventions.iter().any(|x| x.name == "none") => "none".into(),
+            None => {
+                return Err(err(
+                    &raw.interventions.referenced,
+                    "reference".into(),
+                    "no intervention is named 'none': say which one is the reference".into(),
+                ))
+            }
+        };
+
+        let mut tasks: Vec<TaskSpec> = Vec::new();
+        for (i, t) in raw.tasks.value.iter().enumerate() {
+            let at = format!("tasks[{i}]");
+            let id: TaskId = t
+                .task
+                .value
+                .parse()
+                .map_err(|e: crate::tasks::UnknownTask| {
+                    err(&t.task.referenced, format!("{at}.task"), e.to_string())
+                })?;
+            if tasks.iter().any(|x| x.id == id) {
+                return Err(err(
+                    &t.task.referenced,
+                    format!("{at}.task"),
+                    format!("{id} is listed twice"),
+                ));
+            }
+            let split = match &t.split {
+                Some(s) => s
+                    .value
+                    .parse()
+                    .map_err(|m: String| err(&s.referenced, format!("{at}.split"), m))?,
+                None => SplitSel::Eval,
+            };
+            if t.limit == Some(0) {
+                return Err(err(
+                    &t.task.referenced,
+                    format!("{at}.limit"),
+                    "must be at least 1".into(),
+                ));
+            }
+            tasks.push(TaskSpec {
+                id,
+                split,
+                limit: t.limit,
+                data: t.data.as_ref().map(|d| base.join(d)),
+                samples: t.samples,
+                max_new_tokens: t.max_new_tokens,
+                top_p: t.top_p,
+                temperature: t.temperature,
+                scorer: t.scorer.clone().unwrap_or_else(|| "default".into()),
+            });
+        }
+
+        let mut gates = Vec::new();
+        for (i, g) in raw.gates.value.iter().enumerate() {
+            let at = format!("gates[{i}]");
+            let id: TaskId = g
+                .task
+                .value
+                .parse()
+                .map_err(|e: crate::tasks::UnknownTask| {
+                    err(&g.task.referenced, format!("{at}.task"), e.to_string())
+                })?;
+            if !tasks.iter().any(|t| t.id == id) {
+                return Err(err(
+                    &g.task.referenced,
+                    format!("{at}.task"),
+                    format!("{id} is not in tasks:"),
+                ));
+            }
+            let metric = g.metric.value.clone();
+            let known = item_metrics(id);
+            if !known.contains(&metric.as_str()) {
+                return Err(err(
+                    &g.metric.referenced,
+                    format!("{at}.metric"),
+                    format!(
+                        "{id} has no per-item metric '{metric}' (expected one of: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            let here = |m: String| err(&g.metric.referenced, at.clone(), m);
+            let kind = match (g.superiority, g.non_inferiority, g.within) {
+                (Some(m), None, None) => GateKind::Superiority { margin: m },
+                (None, Some(m), None) => GateKind::NonInferiority { margin: m },
+                (None, None, Some([lo, hi])) => GateKind::Within { lo, hi },
+                _ => return Err(here(
+                    "exactly one of superiority: MARGIN, non_inferiority: MARGIN, within: [LO, HI]"
+                        .into(),
+                )),
+            };
+            let within = matches!(kind, GateKind::Within { .. });
+            let effect = match (within, g.relative) {
+                (true, false) => Effect::Level,
+                (true, true) => {
+                    return Err(here("within gates a level: relative does not apply".into()))
+                }
+                (false, true) => Effect::Relative,
+                (false, false) => Effect::Difference,
+            };
+            let better = match g.better.or_else(|| default_better(&metric)) {
+                Some(b) => b,
+                None if within => Better::Higher,
+                None => return Err(here(format!("say better: higher or lower for '{metric}'"))),
+            };
+            let method = match (g.method, g.resamples) {
+                (Some(RawMethod::Normal), None) => Method::Normal,
+                (Some(RawMethod::Mcnemar), None) => Method::McNemar,
+                (Some(RawMethod::Normal | RawMethod::Mcnemar), Some(_)) => {
+                    return Err(here("resamples applies to the bootstrap only".into()))
+                }
+                (Some(RawMethod::Bootstrap) | None, r) => Method::Bootstrap {
+                    resamples: r.unwrap_or(2000),
+                    seed: raw.seed,
+                },
+            };
+            let gate = crate::stats::gate::Gate {
+                kind,
+                effect,
+                better,
+                alpha: raw.alpha,
+                power: g.power.unwrap_or(0.8),
+                method,
+            };
+            let names: Vec<String> = match &g.interventions {
+                Some(list) => {
+                    let mut v = Vec::new();
+                    for (j, n) in list.iter().enumerate() {
+                        if !interventions.iter().any(|x| x.name == n.value) {
+                            return Err(err(
+                                &n.referenced,
+                                format!("{at}.interventions[{j}]"),
+                                format!("'{}' is not one of the interventions", n.value),
+                            ));
+                        }
+                        if !within && n.value == reference {
+                            return Err(err(
+                                &n.referenced,
+                                format!("{at}.interventions[{j}]"),
+                                format!(
+                                    "'{}' is the reference: it cannot be compared with itself",
+                                    n.value
+                                ),
+                            ));
+                        }
+                        v.push(n.value.clone());
+                    }
+                    v
+                }
+                None => interventions
+                    .iter()
+                    .filter(|x| within || x.name != reference)
+                    .map(|x| x.name.clone())
+                    .collect(),
+            };
+            if names.is_empty() {
+                return Err(here(
+                    "no intervention to test: add one besides the reference".into(),
+                ));
+            }
+            if let Some(prev) = gates.iter().position(|p: &GateSpec| {
+                p.task == id
+                    && p.metric == metric
+                    && p.interventions.iter().any(|n| names.contains(n))
+            }) {
+                return Err(here(format!(
+                    "gates[{prev}] already gates {metric} of {id} for the same intervention: \
+                     trial names (intervention::task::metric) must be unique"
+                )));
+            }
+            gates.push(GateSpec {
+                task: id,
+                metric,
+                gate,
+                interventions: names,
+            });
+        }
+        if gates.is_empty() {
+            return Err(err(
+                &raw.gates.referenced,
+                "gates".into(),
+                "at least one gate".into(),
+            ));
+        }
+        Ok(Suite {
+            path: path.to_path_buf(),
+            name: raw.name.unwrap_or_else(|| {
+                path.file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("suite")
+                    .to_string()
+            }),
+            model: raw
+                .model
+                .unwrap_or_else(|| crate::model::source::DEFAULT_MODEL.to_string()),
+            seed: raw.seed,
+            alpha: raw.alpha,
+            reference,
+            interventions,
+            tasks,
+            gates,
+        })
+    }
+
+    /// Every trial name, in suite order.
+    pub fn trial_names(&self) -> Vec<String> {
+        self.gates
+            .iter()
+            .flat_map(|g| g.interventions.iter().map(|i| g.trial_name(i)))
+            .collect()
+    }
+}

@@ -1,0 +1,257 @@
+//! `scalpel test SUITE`: suite files are checked with errors naming file, line and YAML
+//! path; trials are listed and run libtest's way; a gate that cannot pass exits 101 and
+//! names itself; JUnit is written.
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Output};
+
+use scalpel::harness::Suite;
+
+fn scalpel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scalpel"))
+        .args(args)
+        .output()
+        .expect("run scalpel")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const GOOD: &str = "\
+interventions:
+  - {name: none}
+  - {name: steer, artifact: steer}
+tasks:
+  - {task: copa, limit: 5}
+gates:
+  - {task: copa, metric: acc, non_inferiority: 0.1}
+";
+
+#[test]
+fn suite_errors_name_the_file_line_and_yaml_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s.yaml");
+    let ok = Suite::parse(&f, GOOD).unwrap();
+    assert_eq!(ok.trial_names(), vec!["steer::copa::acc"]);
+    assert_eq!(ok.reference, "none");
+    for (body, needles) in [
+        (
+            GOOD.replace("limit: 5", "limit: 5, colour: red"),
+            vec!["s.yaml:5:", "tasks[0]", "colour"],
+        ),
+        (
+            GOOD.replace("task: copa, metric", "task: copy, metric"),
+            vec!["s.yaml:7:", "gates[0].task", "copy"],
+        ),
+        (
+            GOOD.replace("metric: acc", "metric: accuracy"),
+            vec!["s.yaml:7:", "gates[0].metric", "accuracy", "acc"],
+        ),
+        (
+            GOOD.replace(
+                "non_inferiority: 0.1",
+                "non_inferiority: 0.1, superiority: 0.1",
+            ),
+            vec!["s.yaml:7:", "gates[0]", "exactly one"],
+        ),
+        (
+            GOOD.replace("{task: copa, limit: 5}", "{task: boolq}"),
+            vec!["s.yaml:7:", "gates[0].task", "not in tasks"],
+        ),
+        (
+            GOOD.replace("{name: steer, artifact: steer}", "{name: steer}"),
+            vec!["s.yaml:3:", "interventions[1]", "fit"],
+        ),
+        (
+            GOOD.replace("{name: none}", "{name: steer, artifact: a}"),
+            vec!["s.yaml:3:", "interventions[1].name", "twice"],
+        ),
+        (
+            format!("reference: base\n{GOOD}"),
+            vec!["s.yaml:1:", "reference", "base"],
+        ),
+        (
+            GOOD.replace("limit: 5", "limit: five"),
+            vec!["s.yaml:5:", "tasks[0]", "limit"],
+        ),
+        (
+            GOOD.replace("{task: copa, limit: 5}", "{task: copa, split: train}"),
+            vec!["s.yaml:5:", "tasks[0].split"],
+        ),
+        (
+            format!(
+                "{GOOD}  - {{task: copa, metric: acc, superiority: 0, interventions: [none]}}\n"
+            ),
+            vec!["s.yaml:8:", "gates[1].interventions[0]", "reference"],
+        ),
+        (
+            format!("{GOOD}  - {{task: copa, metric: acc, superiority: 0}}\n"),
+            vec!["s.yaml:8:", "gates[1]", "unique"],
+        ),
+    ] {
+        let e = Suite::parse(&f, &body).unwrap_err().to_string();
+        for n in needles {
+            assert!(e.contains(n), "expected '{n}' in: {e}\n--- suite:\n{body}");
+        }
+    }
+}
+
+#[test]
+fn the_shipped_suites_parse_and_list_their_trials() {
+    let root = common::repo_root();
+    for name in ["smoke", "smollm2-detox"] {
+        let path = root.join(format!("suites/{name}.yaml"));
+        let s = Suite::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.trial_names().is_empty());
+    }
+    let o = scalpel(&[
+        "test",
+        root.join("suites/smoke.yaml").to_str().unwrap(),
+        "--list",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for t in [
+        "offset::realtoxicityprompts::mean_toxicity: test",
+        "offset::copa::acc: test",
+        "none::crows_pairs_english::pct_stereotype: test",
+        "offset::crows_pairs_english::pct_stereotype: test",
+    ] {
+        assert!(out.contains(t), "{t} missing from:\n{out}");
+    }
+    // A filter narrows the list; --exact takes whole names only.
+    let o = scalpel(&[
+        "test",
+        root.join("suites/smoke.yaml").to_str().unwrap(),
+        "copa",
+        "--list",
+    ]);
+    assert_eq!(
+        text(&o.stdout)
+            .lines()
+            .filter(|l| l.ends_with(": test"))
+            .count(),
+        1
+    );
+    let o = scalpel(&[
+        "test",
+        root.join("suites/smoke.yaml").to_str().unwrap(),
+        "copa",
+        "--exact",
+        "--list",
+    ]);
+    assert_eq!(
+        text(&o.stdout)
+            .lines()
+            .filter(|l| l.ends_with(": test"))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_malformed_suite_exits_2_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    fs::write(&f, GOOD.replace("metric: acc", "metric: accuracy")).unwrap();
+    let o = scalpel(&["test", f.to_str().unwrap()]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("bad.yaml:7:") && err.contains("gates[0].metric"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// A real run on SmolLM2: an offset artefact fitted here, a gate it passes and one built
+/// to fail (an impossible margin). Exit 101, the failing trial named, JUnit written.
+#[test]
+fn a_suite_runs_its_trials_and_an_impossible_gate_exits_101() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fit.yaml");
+    fs::write(
+        &cfg,
+        "kind: offset\nsites: [blocks.12.hook_resid_post]\n\
+         harmful: [{task: realtoxicityprompts, limit: 6}]\n\
+         harmless: [{task: lambada_openai, limit: 6}]\nmax_tokens: 16\noffset: {alpha: 0.25}\n",
+    )
+    .unwrap();
+    let suite = dir.path().join("s.yaml");
+    fs::write(
+        &suite,
+        "name: tiny\n\
+         interventions:\n  - {name: none}\n  - {name: steer, fit: fit.yaml}\n\
+         tasks:\n  - {task: copa, limit: 12}\n  - {task: crows_pairs_english, limit: 20}\n\
+         gates:\n\
+         \x20 - {task: copa, metric: acc, non_inferiority: 0.5}\n\
+         \x20 - {task: crows_pairs_english, metric: likelihood_diff, better: higher, superiority: 5.0, method: normal}\n\
+         \x20 - {task: crows_pairs_english, metric: pct_stereotype, within: [0.0, 1.0], interventions: [none]}\n",
+    )
+    .unwrap();
+    let junit = dir.path().join("out/junit.xml");
+    let o = Command::new(env!("CARGO_BIN_EXE_scalpel"))
+        .args([
+            "test",
+            suite.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(101), "stdout:\n{out}\nstderr:\n{err}");
+    // Three trials, libtest-style, each line with its estimate and interval.
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("test ")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let line = |name: &str| {
+        *lines
+            .iter()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name}: {out}"))
+    };
+    assert!(line("steer::copa::acc").contains("n=12"), "{out}");
+    assert!(
+        line("steer::crows_pairs_english::likelihood_diff").ends_with("FAILED"),
+        "{out}"
+    );
+    assert!(
+        line("none::crows_pairs_english::pct_stereotype").ends_with("ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("failures:") && out.contains("needs an improvement beyond +5.0000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("test result: FAILED. 2 passed; 1 failed"),
+        "{out}"
+    );
+    let xml = fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase").count(), 3, "{xml}");
+    assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
+    assert!(
+        xml.contains("name=\"steer::crows_pairs_english::likelihood_diff\""),
+        "{xml}"
+    );
+    // Without the impossible gate: exit 0, and the fit comes from the fixture cache.
+    let o = Command::new(env!("CARGO_BIN_EXE_scalpel"))
+        .args([
+            "test",
+            suite.to_str().unwrap(),
+            "--skip",
+            "likelihood_diff",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(out.contains("test result: ok. 2 passed; 0 failed"), "{out}");
+}
