@@ -207,7 +207,7 @@ fn a_suite_runs_its_trials_and_an_impossible_gate_exits_101() {
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert_eq!(o.status.code(), Some(101), "stdout:\n{out}\nstderr:\n{err}");
     // Three trials, libtest-style, each line with its estimate and interval.
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("test ")).collect();
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("test [")).collect();
     assert_eq!(lines.len(), 3, "{out}");
     let line = |name: &str| {
         *lines
