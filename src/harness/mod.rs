@@ -11,3 +11,75 @@ pub mod trials;
 
 pub use run::{run, HarnessError, RunOutput, RunProgress, Selection, TrialResult};
 pub use suite::{Suite, SuiteError};
+
+/// Run a suite as a `harness = false` test target of a user's own crate:
+///
+/// ```toml
+/// [[test]]
+/// name = "safety"
+/// harness = false
+/// ```
+///
+/// ```no_run
+/// // tests/safety.rs
+/// fn main() -> std::process::ExitCode {
+///     scalpel::harness::test_main(concat!(env!("CARGO_MANIFEST_DIR"), "/suites/smoke.yaml"))
+/// }
+/// ```
+///
+/// `cargo test --test safety [FILTER] [-- --exact --list --skip PAT --format json]` then
+/// behaves as `scalpel test SUITE` does: libtest's arguments, exit 101 on a failed gate,
+/// exit 2 (with the error on stderr) on a bad suite or a failed run. The model is the
+/// suite's, on the CPU unless `SCALPEL_DEVICE` says otherwise.
+pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let args = libtest_mimic::Arguments::from_args();
+    let bad = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let suite = match Suite::read(suite.as_ref()) {
+        Ok(s) => s,
+        Err(e) => return bad(&e),
+    };
+    let sel = Selection {
+        filter: args.filter.clone(),
+        exact: args.exact,
+        skip: args.skip.clone(),
+    };
+    let selected = |name: &str| sel.admits(name);
+    if args.list {
+        let list = suite
+            .trial_names()
+            .into_iter()
+            .filter(|n| selected(n))
+            .map(|n| libtest_mimic::Trial::test(n, || Ok(())))
+            .collect();
+        let _ = libtest_mimic::run(&args, list);
+        return ExitCode::SUCCESS;
+    }
+    let device = std::env::var("SCALPEL_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let model = match crate::model::loaded::device(&device)
+        .and_then(|d| crate::model::LoadedModel::load(&suite.model, &d))
+    {
+        Ok(m) => m,
+        Err(e) => return bad(&e),
+    };
+    let out = match run(&suite, &model, &sel, |_| {}) {
+        Ok(o) => o,
+        Err(e) => return bad(&e),
+    };
+    // The selection is applied already; libtest must not filter again on names that now
+    // carry their estimates.
+    let shown = libtest_mimic::Arguments {
+        filter: None,
+        skip: Vec::new(),
+        exact: false,
+        ..args
+    };
+    if trials::report(&suite, &out.trials, &shown).has_failed() {
+        ExitCode::from(101)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -325,13 +325,15 @@ impl Suite {
             }
             let source = match (&iv.fit, &iv.artifact) {
                 (None, None) if name == "none" => Source::None,
-                (None, None) => return Err(err(
-                    &iv.name.referenced,
-                    at,
-                    format!(
+                (None, None) => {
+                    return Err(err(
+                        &iv.name.referenced,
+                        at,
+                        format!(
                         "'{name}' needs fit: CONFIG or artifact: DIR (only 'none' needs neither)"
                     ),
-                )),
+                    ))
+                }
                 (Some(_), Some(_)) => {
                     return Err(err(
                         &iv.name.referenced,
