@@ -185,6 +185,9 @@ struct GenerateArgs {
     top_k: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Generate under a fitted intervention (a `scalpel fit` output directory).
+    #[arg(long)]
+    intervention: Option<std::path::PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -365,12 +368,19 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut shown = String::new();
     let mut toks = Vec::new();
     let mut out = std::io::stdout().lock();
+    let hooks = match &a.intervention {
+        Some(dir) => scalpel::intervene::artifact::load(dir, &model)
+            .context("--intervention")?
+            .0
+            .hooks(),
+        None => Hooks::new(),
+    };
     let gens = generate(
         model.model.as_ref(),
         &ids,
         &params,
         1,
-        &Hooks::new(),
+        &hooks,
         |_, t| {
             if stream {
                 // Decode the whole continuation each time: a token can end mid-character.
