@@ -375,26 +375,19 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             .hooks(),
         None => Hooks::new(),
     };
-    let gens = generate(
-        model.model.as_ref(),
-        &ids,
-        &params,
-        1,
-        &hooks,
-        |_, t| {
-            if stream {
-                // Decode the whole continuation each time: a token can end mid-character.
-                toks.push(t);
-                if let Ok(s) = model.tokenizer.decode(&toks) {
-                    if s.len() > shown.len() && s.starts_with(&shown) && !s.ends_with('\u{FFFD}') {
-                        let _ = write!(out, "{}", &s[shown.len()..]);
-                        let _ = out.flush();
-                        shown = s;
-                    }
+    let gens = generate(model.model.as_ref(), &ids, &params, 1, &hooks, |_, t| {
+        if stream {
+            // Decode the whole continuation each time: a token can end mid-character.
+            toks.push(t);
+            if let Ok(s) = model.tokenizer.decode(&toks) {
+                if s.len() > shown.len() && s.starts_with(&shown) && !s.ends_with('\u{FFFD}') {
+                    let _ = write!(out, "{}", &s[shown.len()..]);
+                    let _ = out.flush();
+                    shown = s;
                 }
             }
-        },
-    )?;
+        }
+    })?;
     let full = model.tokenizer.decode(&gens[0].tokens)?;
     if stream {
         if full.len() >= shown.len() && full.starts_with(&shown) {

@@ -583,3 +583,61 @@ fn a_lora_breaker_starts_at_the_identity_and_trains_stably() {
     );
     assert_eq!(t.steps, 12);
 }
+
+/// `select:` in a fit config: the sweep chooses the site, is saved in the manifest, and
+/// is computed once per model, data and sweep settings (a fit of another kind on the
+/// same contrast reuses it).
+#[test]
+fn a_fit_config_with_select_fits_at_the_swept_site_and_shares_the_sweep() {
+    use scalpel::intervene::config::{self, FitConfig};
+    let m = common::smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |kind: &str| {
+        let f = dir.path().join(format!("{kind}.yaml"));
+        std::fs::write(
+            &f,
+            format!(
+                "kind: {kind}\nselect: {{layers: [4, 8], stride: 4, top: 1, heldout: 2}}\n\
+                 harmful: [{{task: realtoxicityprompts, limit: 6}}]\n\
+                 harmless: [{{task: lambada_openai, limit: 6}}]\nmax_tokens: 16\n"
+            ),
+        )
+        .unwrap();
+        FitConfig::read(&f).unwrap()
+    };
+    let mut sweeps = 0;
+    let offset = config::run(
+        m,
+        &write("offset"),
+        Some(&dir.path().join("o")),
+        true,
+        |p| {
+            if matches!(p, config::FitProgress::Sweep { .. }) {
+                sweeps += 1;
+            }
+        },
+    )
+    .unwrap();
+    let sel = &offset.manifest.selection;
+    assert_eq!(sel.len(), 2, "{sel:?}");
+    assert_eq!(offset.manifest.sites, vec![sel[0].site.clone()]);
+    assert!(sel[0].selectivity >= sel[1].selectivity);
+    // force recomputes the sweep: two candidates measured.
+    assert_eq!(sweeps, 2);
+    let mut again = 0;
+    let ablate = config::run(
+        m,
+        &write("ablate"),
+        Some(&dir.path().join("a")),
+        false,
+        |p| {
+            if matches!(p, config::FitProgress::Sweep { .. }) {
+                again += 1;
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(again, 0, "the ablation's fit reused the offset's sweep");
+    assert_eq!(&ablate.manifest.selection, sel);
+    assert_eq!(ablate.manifest.sites, offset.manifest.sites);
+}

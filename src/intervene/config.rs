@@ -267,6 +267,23 @@ pub enum FitProgress {
     },
 }
 
+fn sweep_key(
+    fingerprint: &str,
+    sel: &SelectConfig,
+    max_tokens: usize,
+    data: &[DataRecord],
+) -> String {
+    let mut h = Sha256::new();
+    h.update(fingerprint.as_bytes());
+    h.update(serde_json::to_vec(sel).unwrap_or_default());
+    h.update(max_tokens.to_le_bytes());
+    h.update(serde_json::to_vec(data).unwrap_or_default());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What [`run`] did.
 pub struct FitOutcome {
     pub dir: PathBuf,
@@ -304,11 +321,44 @@ pub fn run(
     let c = Contrast { harmful, harmless };
     let mut selection = Vec::new();
     if let Some(sel) = &cfg.select {
-        let (chosen, effects) =
-            select::select_sites(model, &c, sel, cfg.max_tokens, |done, total| {
-                progress(FitProgress::Sweep { done, total })
-            })?;
-        sites = chosen;
+        // The sweep depends on the model, the data and its own settings only, so fits of
+        // different kinds on the same contrast share it.
+        let key = sweep_key(&fingerprint, sel, cfg.max_tokens, &data);
+        let path = crate::assets::scalpel_home()
+            .join("fixtures")
+            .join("sweeps")
+            .join(format!("{key}.json"));
+        let cached: Option<Vec<select::SiteEffect>> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let effects = match cached {
+            Some(e) if !e.is_empty() && !force => e,
+            _ => {
+                let (_, effects) =
+                    select::select_sites(model, &c, sel, cfg.max_tokens, |done, total| {
+                        progress(FitProgress::Sweep { done, total })
+                    })?;
+                // A cache that cannot be written costs a recomputation next time, nothing
+                // more.
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir).and_then(|_| {
+                        std::fs::write(&path, serde_json::to_vec(&effects).unwrap_or_default())
+                    });
+                }
+                effects
+            }
+        };
+        sites = effects
+            .iter()
+            .take(sel.top)
+            .map(|e| {
+                e.site
+                    .parse()
+                    .map_err(|m: crate::model::hooks::ParseHookError| {
+                        FitError::Invalid(format!("sweep cache {}: {m}", path.display()))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         selection = effects;
     }
     let mut hyper = BTreeMap::from([("max_tokens".to_string(), cfg.max_tokens as f64)]);
