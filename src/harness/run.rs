@@ -19,11 +19,14 @@ use crate::tasks::{
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error("intervention '{name}': {source}")]
-    Fit { name: String, source: ConfigError },
+    Fit {
+        name: String,
+        source: Box<ConfigError>,
+    },
     #[error("intervention '{name}': {source}")]
     Artifact {
         name: String,
-        source: artifact::ArtifactError,
+        source: Box<artifact::ArtifactError>,
     },
     #[error("{intervention}::{task}: {source}")]
     Task {
@@ -130,7 +133,7 @@ pub fn run(
             Source::Fit(path) => {
                 let fail = |source| HarnessError::Fit {
                     name: spec.name.clone(),
-                    source,
+                    source: Box::new(source),
                 };
                 let cfg = FitConfig::read(path).map_err(fail)?;
                 fitconfig::run(model, &cfg, None, false, |_| {})
@@ -141,7 +144,7 @@ pub fn run(
                 artifact::load(dir, model)
                     .map_err(|source| HarnessError::Artifact {
                         name: spec.name.clone(),
-                        source,
+                        source: Box::new(source),
                     })?
                     .0
             }

@@ -118,14 +118,17 @@ impl Gate {
 
     fn check(&self, s: &Paired) -> Result<(), StatsError> {
         let bad = |m: String| Err(StatsError::Invalid(m));
-        if !(self.alpha > 0.0 && self.alpha < 0.5) || !(self.power > 0.0 && self.power < 1.0) {
+        if !(self.alpha > 0.0 && self.alpha < 0.5 && self.power > 0.0 && self.power < 1.0) {
             return bad(format!(
                 "alpha must lie in (0, 0.5) and power in (0, 1) (got {} and {})",
                 self.alpha, self.power
             ));
         }
         match (self.kind, self.effect) {
-            (GateKind::Within { lo, hi }, _) if !(lo < hi) => {
+            // NaN bounds fail too.
+            (GateKind::Within { lo, hi }, _)
+                if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) =>
+            {
                 return bad(format!("within: lo {lo} must be below hi {hi}"))
             }
             (GateKind::Within { .. }, Effect::Level) => {}
