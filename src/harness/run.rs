@@ -32,7 +32,7 @@ pub enum HarnessError {
     Task {
         intervention: String,
         task: TaskId,
-        source: TaskError,
+        source: Box<TaskError>,
     },
     #[error("{task}: scorer: {message}")]
     Scorer { task: TaskId, message: String },
@@ -167,7 +167,7 @@ pub fn run(
         let task_err = |intervention: &str, source| HarnessError::Task {
             intervention: intervention.to_string(),
             task: t.id,
-            source,
+            source: Box::new(source),
         };
         let opts = LoadOptions {
             data: t.data.clone(),
