@@ -123,33 +123,19 @@ fn the_shipped_suites_parse_and_list_their_trials() {
         assert!(out.contains(t), "{t} missing from:\n{out}");
     }
     // A filter narrows the list; --exact takes whole names only.
-    let o = scalpel(&[
-        "test",
-        root.join("suites/smoke.yaml").to_str().unwrap(),
-        "copa",
-        "--list",
-    ]);
-    assert_eq!(
+    let listed = |extra: &[&str]| {
+        let smoke = root.join("suites/smoke.yaml");
+        let mut args = vec!["test", smoke.to_str().unwrap(), "--list"];
+        args.extend_from_slice(extra);
+        let o = scalpel(&args);
         text(&o.stdout)
             .lines()
             .filter(|l| l.ends_with(": test"))
-            .count(),
-        1
-    );
-    let o = scalpel(&[
-        "test",
-        root.join("suites/smoke.yaml").to_str().unwrap(),
-        "copa",
-        "--exact",
-        "--list",
-    ]);
-    assert_eq!(
-        text(&o.stdout)
-            .lines()
-            .filter(|l| l.ends_with(": test"))
-            .count(),
-        0
-    );
+            .count()
+    };
+    assert_eq!(listed(&["copa"]), 1);
+    assert_eq!(listed(&["copa", "--exact"]), 0);
+    assert_eq!(listed(&["offset::copa::acc", "--exact"]), 1);
 }
 
 #[test]
