@@ -827,13 +827,7 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
         skip: a.skip.clone(),
     };
     if a.list {
-        let list: Vec<libtest_mimic::Trial> = suite
-            .trial_names()
-            .into_iter()
-            .filter(|n| sel.admits(n))
-            .map(|n| libtest_mimic::Trial::test(n, || Ok(())))
-            .collect();
-        let _ = libtest_mimic::run(&trials::arguments(format, true), list);
+        trials::list(&suite, &sel, &trials::arguments(format, true));
         return Ok(ExitCode::SUCCESS);
     }
     let model = load(&ModelArgs {
@@ -841,7 +835,6 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
         device: a.device.clone(),
     })?;
     let bar = spinner(format!("{}: loading", suite.name));
-    let tty = bar.is_some();
     let mut last = String::new();
     let out = scalpel::harness::run(&suite, &model, &sel, |p| {
         let msg = match &p {
@@ -858,7 +851,7 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
             None => {
                 // Off a terminal: one line per stage, not per item.
                 let stage = msg.split(' ').next().unwrap_or_default().to_string();
-                if stage != last && !tty {
+                if stage != last {
                     eprintln!("{}: {msg}", suite.name);
                     last = stage;
                 }
@@ -873,9 +866,5 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
             .with_context(|| format!("--junit {}", path.display()))?;
     }
     let conclusion = trials::report(&suite, &out.trials, &trials::arguments(format, false));
-    Ok(if conclusion.has_failed() {
-        ExitCode::from(101)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(trials::exit_code(&conclusion))
 }

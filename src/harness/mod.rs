@@ -47,15 +47,8 @@ pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
         exact: args.exact,
         skip: args.skip.clone(),
     };
-    let selected = |name: &str| sel.admits(name);
     if args.list {
-        let list = suite
-            .trial_names()
-            .into_iter()
-            .filter(|n| selected(n))
-            .map(|n| libtest_mimic::Trial::test(n, || Ok(())))
-            .collect();
-        let _ = libtest_mimic::run(&args, list);
+        trials::list(&suite, &sel, &args);
         return ExitCode::SUCCESS;
     }
     let device = std::env::var("SCALPEL_DEVICE").unwrap_or_else(|_| "cpu".into());
@@ -77,9 +70,5 @@ pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
         exact: false,
         ..args
     };
-    if trials::report(&suite, &out.trials, &shown).has_failed() {
-        ExitCode::from(101)
-    } else {
-        ExitCode::SUCCESS
-    }
+    trials::exit_code(&trials::report(&suite, &out.trials, &shown))
 }

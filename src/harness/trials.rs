@@ -102,6 +102,26 @@ pub fn report(suite: &Suite, results: &[TrialResult], args: &Arguments) -> Concl
     libtest_mimic::run(args, trials)
 }
 
+/// `--list`: the selected trials' names, nothing run.
+pub fn list(suite: &Suite, sel: &super::Selection, args: &Arguments) {
+    let trials = suite
+        .trial_names()
+        .into_iter()
+        .filter(|n| sel.admits(n))
+        .map(|n| Trial::test(n, || Ok(())))
+        .collect();
+    let _ = libtest_mimic::run(args, trials);
+}
+
+/// 101 when a trial failed (libtest's code), else success.
+pub fn exit_code(c: &Conclusion) -> std::process::ExitCode {
+    if c.has_failed() {
+        std::process::ExitCode::from(101)
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
 /// libtest arguments for a run whose selection is already applied.
 pub fn arguments(format: Format, list: bool) -> Arguments {
     Arguments {

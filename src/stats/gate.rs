@@ -221,10 +221,6 @@ impl Gate {
             }
         };
         let mde = (z_quantile(1.0 - a) + z_quantile(self.power)) * se;
-        let scale = match self.kind {
-            GateKind::Superiority { margin } | GateKind::NonInferiority { margin } => margin,
-            GateKind::Within { lo, hi } => (hi - lo) / 2.0,
-        };
         let mut v = Verdict {
             estimate: Estimate {
                 value: theta,
@@ -240,13 +236,22 @@ impl Gate {
             mde,
             outcome: Outcome::Fail,
         };
-        v.outcome = self.outcome(&v, scale);
+        v.outcome = self.outcome(&v);
         Ok(v)
+    }
+
+    /// What the MDE is held against: the margin, or the half-width for `within`.
+    fn scale(&self) -> f64 {
+        match self.kind {
+            GateKind::Superiority { margin } | GateKind::NonInferiority { margin } => margin,
+            GateKind::Within { lo, hi } => (hi - lo) / 2.0,
+        }
     }
 
     /// Pass when the (adjusted) p-value is below α; otherwise underpowered when a margin
     /// is set and the MDE exceeds it, else fail.
-    fn outcome(&self, v: &Verdict, scale: f64) -> Outcome {
+    fn outcome(&self, v: &Verdict) -> Outcome {
+        let scale = self.scale();
         if v.p_adjusted < self.alpha {
             Outcome::Pass
         } else if scale > 0.0 && v.mde > scale {
@@ -267,11 +272,7 @@ pub fn test_all(gates: &[(Gate, &Paired)]) -> Result<Vec<Verdict>, StatsError> {
     let adj = super::holm::holm(&vs.iter().map(|v| v.p_value).collect::<Vec<_>>());
     for ((v, p), (g, _)) in vs.iter_mut().zip(adj).zip(gates) {
         v.p_adjusted = p;
-        let scale = match g.kind {
-            GateKind::Superiority { margin } | GateKind::NonInferiority { margin } => margin,
-            GateKind::Within { lo, hi } => (hi - lo) / 2.0,
-        };
-        v.outcome = g.outcome(v, scale);
+        v.outcome = g.outcome(v);
     }
     Ok(vs)
 }
