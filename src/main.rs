@@ -44,8 +44,12 @@ enum Command {
     /// fit split, as a YAML config says; writes safetensors + a YAML manifest.
     Fit(FitArgs),
     /// Run a suite's gates like cargo test: one trial per intervention::task::metric,
-    /// exit 101 when a gate fails.
+    /// exit 101 when a gate fails. The run is stored under --runs with an HTML report.
     Test(TestArgs),
+    /// Render a stored run as a self-contained HTML page.
+    Report(ReportArgs),
+    /// Compare two stored runs item by item and flag regressions (paired statistics).
+    Compare(CompareArgs),
 }
 
 #[derive(Args)]
@@ -75,6 +79,33 @@ struct TestArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// The run store: the run goes to DIR/<run-id>/ (parquet tables, report.html), and a
+    /// rerun with the same inputs resumes there.
+    #[arg(long, default_value = "reports/runs")]
+    runs: std::path::PathBuf,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A run directory (reports/runs/<run-id>).
+    run: std::path::PathBuf,
+    /// Write the page here instead of RUN/report.html.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The baseline run directory (A).
+    run_a: std::path::PathBuf,
+    /// The run compared with it (B).
+    run_b: std::path::PathBuf,
+    /// Write the page here (default: compare-<A>-vs-<B>.html beside the runs).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Family-wise significance level of the regression flags (Holm).
+    #[arg(long, default_value_t = 0.05)]
+    alpha: f64,
 }
 
 #[derive(Args)]
@@ -281,6 +312,8 @@ fn main() -> ExitCode {
         Command::ScorerReport(a) => run_scorer_report(a),
         Command::Trace(a) => run_trace(a),
         Command::Fit(a) => run_fit(a),
+        Command::Report(a) => run_report(a),
+        Command::Compare(a) => run_compare(a),
         Command::Test(a) => match run_test(a) {
             Ok(code) => return code,
             Err(e) => Err(e),
@@ -836,7 +869,7 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
     })?;
     let bar = spinner(format!("{}: loading", suite.name));
     let mut last = String::new();
-    let out = scalpel::harness::run(&suite, &model, &sel, |p| {
+    let (out, stored) = scalpel::harness::run_stored(&suite, &model, &sel, &a.runs, |p| {
         let msg = match &p {
             RunProgress::Fitting { intervention } => format!("fitting {intervention}"),
             RunProgress::Task {
@@ -866,5 +899,63 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
             .with_context(|| format!("--junit {}", path.display()))?;
     }
     let conclusion = trials::report(&suite, &out.trials, &trials::arguments(format, false));
+    if format != Format::Json {
+        println!(
+            "run stored in {} ({} parts computed, {} resumed); report: {}",
+            stored.dir.display(),
+            out.parts.computed,
+            out.parts.reused,
+            stored.report.display()
+        );
+    }
     Ok(trials::exit_code(&conclusion))
+}
+
+fn run_report(a: ReportArgs) -> Result<()> {
+    let run = scalpel::store::tables::Run::read(&a.run)?;
+    let html = scalpel::report::run_page::render(&run)?;
+    let out = a.out.unwrap_or_else(|| a.run.join("report.html"));
+    scalpel::store::write_atomic(&out, html.as_bytes())?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+fn run_compare(a: CompareArgs) -> Result<()> {
+    if !(a.alpha > 0.0 && a.alpha < 1.0) {
+        bail!("--alpha: {} is not in (0, 1)", a.alpha);
+    }
+    let ra = scalpel::store::tables::Run::read(&a.run_a)?;
+    let rb = scalpel::store::tables::Run::read(&a.run_b)?;
+    let html = scalpel::report::compare::render(&ra, &rb, a.alpha)?;
+    let name = |p: &std::path::Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into())
+    };
+    let out = a.out.unwrap_or_else(|| {
+        a.run_a
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(format!(
+                "compare-{}-vs-{}.html",
+                name(&a.run_a),
+                name(&a.run_b)
+            ))
+    });
+    scalpel::store::write_atomic(&out, html.as_bytes())?;
+    let cs = scalpel::report::compare::compare(&ra, &rb, a.alpha);
+    let reg: Vec<_> = cs.iter().filter(|c| c.flag == "regression").collect();
+    for c in &reg {
+        println!(
+            "regression: {}::{}::{} {:+.4} [{:+.4}, {:+.4}] n={} (Holm p {:.4})",
+            c.intervention, c.task, c.metric, c.diff, c.lo, c.hi, c.n, c.p_adjusted
+        );
+    }
+    println!(
+        "{} comparisons, {} regressions; page: {}",
+        cs.len(),
+        reg.len(),
+        out.display()
+    );
+    Ok(())
 }

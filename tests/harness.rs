@@ -159,13 +159,7 @@ fn a_malformed_suite_exits_2_naming_file_and_line() {
 fn a_suite_runs_its_trials_and_an_impossible_gate_exits_101() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("fit.yaml");
-    fs::write(
-        &cfg,
-        "kind: offset\nsites: [blocks.12.hook_resid_post]\n\
-         harmful: [{task: realtoxicityprompts, limit: 6}]\n\
-         harmless: [{task: lambada_openai, limit: 6}]\nmax_tokens: 16\noffset: {alpha: 0.25}\n",
-    )
-    .unwrap();
+    fs::write(&cfg, common::offset_fit_config(0.25)).unwrap();
     let suite = dir.path().join("s.yaml");
     fs::write(
         &suite,
@@ -179,6 +173,7 @@ fn a_suite_runs_its_trials_and_an_impossible_gate_exits_101() {
     )
     .unwrap();
     let junit = dir.path().join("out/junit.xml");
+    let runs = dir.path().join("runs");
     let o = Command::new(env!("CARGO_BIN_EXE_scalpel"))
         .args([
             "test",
@@ -187,6 +182,8 @@ fn a_suite_runs_its_trials_and_an_impossible_gate_exits_101() {
             junit.to_str().unwrap(),
             "--device",
             "cpu",
+            "--runs",
+            runs.to_str().unwrap(),
         ])
         .output()
         .unwrap();
@@ -225,7 +222,57 @@ fn a_suite_runs_its_trials_and_an_impossible_gate_exits_101() {
         xml.contains("name=\"steer::crows_pairs_english::likelihood_diff\""),
         "{xml}"
     );
-    // Without the impossible gate: exit 0, and the fit comes from the fixture cache.
+    // The run is stored: its verdicts read back as printed, its items one row per item
+    // and metric, and a report beside them.
+    let run_dir = fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    assert!(
+        run_dir
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("tiny-"),
+        "{run_dir:?}"
+    );
+    let run = scalpel::store::tables::Run::read(&run_dir).unwrap();
+    let outcome = |t: &str| {
+        run.verdicts
+            .iter()
+            .find(|v| v.trial == t)
+            .map(|v| v.outcome.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        outcome("steer::crows_pairs_english::likelihood_diff"),
+        "fail"
+    );
+    assert_eq!(outcome("steer::copa::acc"), "pass");
+    let copa_acc = run
+        .items
+        .iter()
+        .filter(|i| i.task == "copa" && i.metric == "acc")
+        .count();
+    assert_eq!(copa_acc, 24, "12 COPA items for each of none and steer");
+    assert_eq!(run.meta("model"), "smollm2-135m-instruct");
+    assert_eq!(run.meta("model_sha256").len(), 64);
+    assert!(!run.meta("intervention.steer.tensors_sha256").is_empty());
+    let html = fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("steer::crows_pairs_english::likelihood_diff"));
+    assert_eq!(html.matches("<svg").count(), 3, "a forest plot per gate");
+    assert!(
+        out.contains(&format!(
+            "report: {}",
+            run_dir.join("report.html").display()
+        )),
+        "{out}"
+    );
+
+    // Without the impossible gate: exit 0; the fit comes from the fixture cache and every
+    // item from the run's journals, so nothing is computed again.
     let o = Command::new(env!("CARGO_BIN_EXE_scalpel"))
         .args([
             "test",
@@ -234,10 +281,13 @@ fn a_suite_runs_its_trials_and_an_impossible_gate_exits_101() {
             "likelihood_diff",
             "--device",
             "cpu",
+            "--runs",
+            runs.to_str().unwrap(),
         ])
         .output()
         .unwrap();
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out}{}", text(&o.stderr));
     assert!(out.contains("test result: ok. 2 passed; 0 failed"), "{out}");
+    assert!(out.contains("(0 parts computed, 3 resumed)"), "{out}");
 }

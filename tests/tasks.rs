@@ -65,9 +65,13 @@ fn lambada_matches_the_harness() {
 #[test]
 fn rolling_perplexity_matches_the_harness() {
     let fx = fixture();
-    for id in [TaskId::PerplexityWiki, TaskId::PerplexityLambada] {
-        let want = fx["tasks"][id.name()]["items"].as_array().unwrap();
-        let report = run(load(id, want.len()).as_ref(), 8);
+    // Wikipedia articles are long (many windows each): a dozen keeps CI short.
+    for (id, n) in [
+        (TaskId::PerplexityWiki, 12),
+        (TaskId::PerplexityLambada, 20),
+    ] {
+        let want = &fx["tasks"][id.name()]["items"].as_array().unwrap()[..n];
+        let report = run(load(id, n).as_ref(), 8);
         let mut worst = 0f64;
         for (got, w) in report.items.iter().zip(want) {
             let ItemScore::Rolling(got) = got else {
@@ -97,8 +101,12 @@ fn rolling_perplexity_matches_the_harness() {
 /// shared-context path agrees with whole sequences.
 #[test]
 fn scores_are_the_same_at_batch_size_1_and_16() {
-    for id in [TaskId::Rte, TaskId::LambadaOpenai, TaskId::PerplexityWiki] {
-        let task = load(id, 12);
+    for (id, n) in [
+        (TaskId::Rte, 12),
+        (TaskId::LambadaOpenai, 12),
+        (TaskId::PerplexityWiki, 4),
+    ] {
+        let task = load(id, n);
         let a = run(task.as_ref(), 1);
         let b = run(task.as_ref(), 16);
         assert_eq!(a.items.len(), b.items.len());

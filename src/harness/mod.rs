@@ -5,11 +5,15 @@
 //! model, one fit per intervention, one task run per intervention × task) and tests every
 //! selected gate; [`trials`] prints the verdicts and writes JUnit.
 
+pub mod parts;
+pub mod record;
 pub mod run;
+pub mod session;
 pub mod suite;
 pub mod trials;
 
 pub use run::{run, HarnessError, RunOutput, RunProgress, Selection, TrialResult};
+pub use session::{run_stored, Stored};
 pub use suite::{Suite, SuiteError};
 
 /// Run a suite as a `harness = false` test target of a user's own crate:
@@ -30,7 +34,9 @@ pub use suite::{Suite, SuiteError};
 /// `cargo test --test safety [FILTER] [-- --exact --list --skip PAT --format json]` then
 /// behaves as `scalpel test SUITE` does: libtest's arguments, exit 101 on a failed gate,
 /// exit 2 (with the error on stderr) on a bad suite or a failed run. The model is the
-/// suite's, on the CPU unless `SCALPEL_DEVICE` says otherwise.
+/// suite's, on the CPU unless `SCALPEL_DEVICE` says otherwise; the run is stored (and
+/// resumed) under `reports/runs` of the working directory unless `SCALPEL_RUNS` names
+/// another, with its HTML report beside its tables.
 pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
     use std::process::ExitCode;
     let args = libtest_mimic::Arguments::from_args();
@@ -58,10 +64,14 @@ pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
         Ok(m) => m,
         Err(e) => return bad(&e),
     };
-    let out = match run(&suite, &model, &sel, |_| {}) {
+    let runs = std::env::var_os("SCALPEL_RUNS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "reports/runs".into());
+    let (out, stored) = match run_stored(&suite, &model, &sel, &runs, |_| {}) {
         Ok(o) => o,
         Err(e) => return bad(&e),
     };
+    eprintln!("report: {}", stored.report.display());
     // The selection is applied already; libtest must not filter again on names that now
     // carry their estimates.
     let shown = libtest_mimic::Arguments {

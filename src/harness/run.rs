@@ -5,13 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use super::parts::{run_case, PartCounts};
 use super::suite::{GateSpec, Source, Suite};
+use crate::intervene::artifact::{self, Manifest};
 use crate::intervene::config::{self as fitconfig, ConfigError, FitConfig};
-use crate::intervene::{artifact, Intervention};
+use crate::intervene::Intervention;
 use crate::model::LoadedModel;
 use crate::stats::gate::{test_all, Verdict};
 use crate::stats::paired::Paired;
 use crate::stats::StatsError;
+use crate::store::RunDir;
 use crate::tasks::{
     self, GenerationOptions, LoadOptions, RunContext, TaskError, TaskId, TaskReport,
 };
@@ -36,6 +39,13 @@ pub enum HarnessError {
     },
     #[error("{task}: scorer: {message}")]
     Scorer { task: TaskId, message: String },
+    #[error("report: {message}")]
+    Report { message: String },
+    #[error("{what}: {source}")]
+    Store {
+        what: String,
+        source: Box<crate::store::StoreError>,
+    },
 }
 
 /// Which trials run: libtest's rules (a substring of the name, or the whole name with
@@ -77,7 +87,12 @@ pub struct TrialResult {
 pub struct RunOutput {
     pub trials: Vec<TrialResult>,
     pub reports: BTreeMap<(String, TaskId), TaskReport>,
+    /// Seconds per stage: `fit NAME` and `NAME::task`.
     pub seconds: BTreeMap<String, f64>,
+    /// The manifests of the fitted or loaded interventions (none for `none`).
+    pub manifests: BTreeMap<String, Manifest>,
+    /// Parts of cases computed in this process and read back from the store's journals.
+    pub parts: PartCounts,
 }
 
 /// Where a run is, for a progress display.
@@ -94,11 +109,13 @@ pub enum RunProgress {
     },
 }
 
-/// Run what the selected trials need and test their gates.
+/// Run what the selected trials need and test their gates. With a `store`, every case's
+/// items are journalled there as they complete, and parts it already holds are reused.
 pub fn run(
     suite: &Suite,
     model: &LoadedModel,
     sel: &Selection,
+    store: Option<&RunDir>,
     mut progress: impl FnMut(RunProgress),
 ) -> Result<RunOutput, HarnessError> {
     let mut wanted: Vec<(usize, String)> = Vec::new();
@@ -120,6 +137,7 @@ pub fn run(
     }
     let mut seconds = BTreeMap::new();
     let mut built: BTreeMap<String, Intervention> = BTreeMap::new();
+    let mut manifests = BTreeMap::new();
     for spec in &suite.interventions {
         if !cases.iter().any(|(n, _)| n == &spec.name) {
             continue;
@@ -136,17 +154,18 @@ pub fn run(
                     source: Box::new(source),
                 };
                 let cfg = FitConfig::read(path).map_err(fail)?;
-                fitconfig::run(model, &cfg, None, false, |_| {})
-                    .map_err(fail)?
-                    .intervention
+                let fit = fitconfig::run(model, &cfg, None, false, |_| {}).map_err(fail)?;
+                manifests.insert(spec.name.clone(), fit.manifest);
+                fit.intervention
             }
             Source::Artifact(dir) => {
-                artifact::load(dir, model)
-                    .map_err(|source| HarnessError::Artifact {
+                let (iv, m) =
+                    artifact::load(dir, model).map_err(|source| HarnessError::Artifact {
                         name: spec.name.clone(),
                         source: Box::new(source),
-                    })?
-                    .0
+                    })?;
+                manifests.insert(spec.name.clone(), m);
+                iv
             }
         };
         seconds.insert(format!("fit {}", spec.name), start.elapsed().as_secs_f64());
@@ -154,6 +173,7 @@ pub fn run(
     }
 
     let mut reports = BTreeMap::new();
+    let mut parts = PartCounts::default();
     for t in &suite.tasks {
         let users: Vec<&String> = suite
             .interventions
@@ -206,7 +226,17 @@ pub fn run(
             cx.hooks = built[name].hooks();
             cx.seed = suite.seed;
             cx.scorer = scorer.as_deref();
-            let report = task.run(&mut cx).map_err(|e| task_err(name, e))?;
+            let mut journal =
+                store
+                    .map(|s| s.journal(name, t.id))
+                    .transpose()
+                    .map_err(|source| HarnessError::Store {
+                        what: format!("{name}::{}", t.id),
+                        source: Box::new(source),
+                    })?;
+            let (report, counts) = run_case(name, task.as_ref(), &mut cx, journal.as_mut())?;
+            parts.computed += counts.computed;
+            parts.reused += counts.reused;
             seconds.insert(format!("{name}::{}", t.id), start.elapsed().as_secs_f64());
             reports.insert((name.clone(), t.id), report);
         }
@@ -217,6 +247,8 @@ pub fn run(
         trials,
         reports,
         seconds,
+        manifests,
+        parts,
     })
 }
 

@@ -175,12 +175,7 @@ impl Gate {
         let se = s.std_error(self.effect);
         let sign = self.better.sign();
         let a = self.alpha;
-        // Null boundaries on the measured scale, each with the side that rejects it.
-        let bounds: Vec<(f64, f64)> = match self.kind {
-            GateKind::Superiority { margin } => vec![(sign * margin, sign)],
-            GateKind::NonInferiority { margin } => vec![(-sign * margin, sign)],
-            GateKind::Within { lo, hi } => vec![(lo, 1.0), (hi, -1.0)],
-        };
+        let bounds = self.bounds();
         let (lo, hi, p) = match self.method {
             Method::Normal => {
                 let z = z_quantile(1.0 - a);
@@ -240,6 +235,16 @@ impl Gate {
         Ok(v)
     }
 
+    /// Null boundaries on the measured scale, each with the side that rejects it.
+    fn bounds(&self) -> Vec<(f64, f64)> {
+        let sign = self.better.sign();
+        match self.kind {
+            GateKind::Superiority { margin } => vec![(sign * margin, sign)],
+            GateKind::NonInferiority { margin } => vec![(-sign * margin, sign)],
+            GateKind::Within { lo, hi } => vec![(lo, 1.0), (hi, -1.0)],
+        }
+    }
+
     /// What the MDE is held against: the margin, or the half-width for `within`.
     fn scale(&self) -> f64 {
         match self.kind {
@@ -248,13 +253,19 @@ impl Gate {
         }
     }
 
-    /// Pass when the (adjusted) p-value is below α; otherwise underpowered when a margin
-    /// is set and the MDE exceeds it, else fail.
+    /// Pass when the (adjusted) p-value is below α. Otherwise fail when the interval lies
+    /// wholly on the null side of a boundary (the data show the gate is not met, whatever
+    /// the power); underpowered when a margin is set and the MDE exceeds it; else fail.
     fn outcome(&self, v: &Verdict) -> Outcome {
         let scale = self.scale();
+        let e = &v.estimate;
+        let decisive =
+            self.bounds()
+                .iter()
+                .any(|&(b, side)| if side > 0.0 { e.hi <= b } else { e.lo >= b });
         if v.p_adjusted < self.alpha {
             Outcome::Pass
-        } else if scale > 0.0 && v.mde > scale {
+        } else if !decisive && scale > 0.0 && v.mde > scale {
             Outcome::Underpowered
         } else {
             Outcome::Fail
@@ -468,6 +479,22 @@ mod tests {
     }
 
     #[test]
+    fn a_clear_loss_fails_even_when_the_margin_is_below_the_mde() {
+        let ni = Gate::new(
+            GateKind::NonInferiority { margin: 0.01 },
+            Effect::Difference,
+            Better::Higher,
+        );
+        // 40 items, the intervention wrong on 16 the reference got right: a 40-point loss
+        // whose whole interval lies below −1 point, though n cannot resolve 1 point.
+        let x = vec![1.0; 40];
+        let y: Vec<f64> = (0..40).map(|i| if i < 16 { 0.0 } else { 1.0 }).collect();
+        let v = ni.test(&Paired::new(x, y, None).unwrap()).unwrap();
+        assert!(v.mde > 0.01 && v.estimate.hi < -0.01, "{v:?}");
+        assert_eq!(v.outcome, Outcome::Fail, "{v:?}");
+    }
+
+    #[test]
     fn a_small_sample_is_underpowered_and_an_impossible_margin_fails() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let ni = Gate::new(
@@ -475,10 +502,28 @@ mod tests {
             Effect::Difference,
             Better::Higher,
         );
-        // 40 items cannot resolve a 1-point margin: MDE ≫ 0.01.
-        let v = ni.test(&accuracy_pairs(40, &mut rng)).unwrap();
+        // 40 items with no loss cannot resolve a 1-point margin: MDE ≫ 0.01, and the
+        // interval straddles it.
+        let x: Vec<f64> = (0..40).map(|i| f64::from(i % 10 < 6)).collect();
+        let y: Vec<f64> = (0..40)
+            .map(|i| {
+                f64::from(i % 10 < 6)
+                    + if i < 4 {
+                        -1.0
+                    } else if i % 10 == 9 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
+        let v = ni.test(&Paired::new(x, y, None).unwrap()).unwrap();
         assert_eq!(v.outcome, Outcome::Underpowered, "{v:?}");
-        assert!(v.mde > 0.01);
+        assert!(v.mde > 0.01 && v.estimate.lo < -0.01 && v.estimate.hi > -0.01);
+        // The same margin on a sample with a real 5-point loss: the interval lies below
+        // the margin, a fail whatever the power.
+        let v = ni.test(&accuracy_pairs(40, &mut rng)).unwrap();
+        assert_eq!(v.outcome, Outcome::Fail, "{v:?}");
         // Superiority by 99% relative on a sample that shows a 50% drop: a real fail.
         let g = relative_drop(0.99, 0.05);
         let v = g.test(&clustered_scores(300, 0.5, &mut rng)).unwrap();

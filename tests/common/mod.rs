@@ -57,3 +57,14 @@ pub fn read_f32_le(path: &Path) -> Vec<f32> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
+
+/// A small offset fit config at layer 12 (6 toxic prompts against 6 LAMBADA passages),
+/// with steering strength `alpha`.
+#[allow(dead_code)]
+pub fn offset_fit_config(alpha: f64) -> String {
+    format!(
+        "kind: offset\nsites: [blocks.12.hook_resid_post]\n\
+         harmful: [{{task: realtoxicityprompts, limit: 6}}]\n\
+         harmless: [{{task: lambada_openai, limit: 6}}]\nmax_tokens: 16\noffset: {{alpha: {alpha:?}}}\n"
+    )
+}

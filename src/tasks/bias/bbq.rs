@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::data::{DataError, Table};
@@ -145,7 +145,7 @@ impl BbqDoc {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BbqItem {
     pub idx: usize,
     pub category: String,
@@ -174,6 +174,7 @@ impl BbqItem {
     }
 }
 
+#[derive(Clone)]
 pub struct BbqTask {
     pub source: PathBuf,
     pub items: Vec<BbqDoc>,

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{DataError, Table};
 use crate::tasks::choice::{self, ChoiceItem};
@@ -64,7 +64,7 @@ impl CrowsPair {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CrowsItem {
     pub idx: usize,
     pub bias_type: String,
@@ -75,6 +75,7 @@ pub struct CrowsItem {
     pub likelihood_diff: f64,
 }
 
+#[derive(Clone)]
 pub struct CrowsTask {
     pub source: PathBuf,
     pub items: Vec<CrowsPair>,

@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{DataError, Table};
 use crate::tasks::choice::{self, ChoiceItem};
@@ -86,7 +86,7 @@ impl StereosetDoc {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StereosetItem {
     pub idx: usize,
     pub bias_type: String,
@@ -111,6 +111,7 @@ impl StereosetItem {
     }
 }
 
+#[derive(Clone)]
 pub struct StereosetTask {
     pub source: PathBuf,
     pub items: Vec<StereosetDoc>,

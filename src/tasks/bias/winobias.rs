@@ -33,7 +33,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{DataError, Table};
 use crate::tasks::choice::{self, argmax, ChoiceItem};
@@ -170,7 +170,7 @@ impl WinobiasDoc {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WinobiasItem {
     pub idx: usize,
     pub pro_pronoun: String,
@@ -197,6 +197,7 @@ impl WinobiasItem {
     }
 }
 
+#[derive(Clone)]
 pub struct WinobiasTask {
     pub source: PathBuf,
     pub items: Vec<WinobiasDoc>,

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use crate::assets;
 use crate::data::{hf_layout, DataError, Table};
 
-use super::choice::{self, ChoiceItem};
+use super::choice::{self, ChoiceItem, ChoiceResult};
 use super::report::{ItemScore, TaskReport};
 use super::{retain_positions, RunContext, Task, TaskError, TaskId};
 
@@ -106,6 +106,7 @@ pub fn data_path(id: TaskId) -> Result<PathBuf, TaskError> {
 }
 
 /// BoolQ, CB, COPA, RTE, WiC, WSC, MultiRC: one choice item per row.
+#[derive(Clone)]
 pub struct SuperGlueTask {
     pub id: TaskId,
     pub source: PathBuf,
@@ -333,17 +334,7 @@ impl Task for SuperGlueTask {
     }
     fn run(&self, cx: &mut RunContext<'_>) -> Result<TaskReport, TaskError> {
         let results = choice::score(cx, &self.items)?;
-        let mut metrics = BTreeMap::new();
-        metrics.insert("acc".to_string(), choice::accuracy(&results));
-        match self.id {
-            TaskId::Cb => {
-                metrics.insert("f1".to_string(), choice::macro_f1(&results, 3));
-            }
-            TaskId::Multirc => {
-                metrics.insert("f1a".to_string(), multirc::f1a(&results));
-            }
-            _ => {}
-        }
+        let metrics = metrics(self.id, &results);
         Ok(TaskReport {
             task: self.id.to_string(),
             model: cx.model.name.clone(),
@@ -415,4 +406,20 @@ fn str_list<'a>(t: &'a Table, row: usize, field: &str) -> Result<Vec<&'a str>, D
             format!("expected a list of strings, found {other}"),
         )),
     }
+}
+
+/// A choice task's metrics: accuracy, and CB's macro F1 or MultiRC's F1 over answers.
+pub fn metrics(id: TaskId, results: &[ChoiceResult]) -> BTreeMap<String, f64> {
+    let mut metrics = BTreeMap::new();
+    metrics.insert("acc".to_string(), choice::accuracy(results));
+    match id {
+        TaskId::Cb => {
+            metrics.insert("f1".to_string(), choice::macro_f1(results, 3));
+        }
+        TaskId::Multirc => {
+            metrics.insert("f1a".to_string(), multirc::f1a(results));
+        }
+        _ => {}
+    }
+    metrics
 }

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{DataError, Table};
 
@@ -42,7 +42,7 @@ pub struct RecordDoc {
 
 /// One ReCoRD query's score: the entity whose filled-in query is most likely, scored by
 /// token F1 and exact match against the gold answers (the harness's `record`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecordItem {
     pub idx: usize,
     /// Index of the predicted entity in the sorted entities.
@@ -54,6 +54,7 @@ pub struct RecordItem {
     pub em: f64,
 }
 
+#[derive(Clone)]
 pub struct RecordTask {
     pub source: PathBuf,
     pub items: Vec<RecordDoc>,
@@ -177,16 +178,7 @@ impl Task for RecordTask {
             .zip(&self.items)
             .map(|(rs, d)| score_doc(d, rs.iter().map(|r| r.logprob).collect()))
             .collect();
-        let n = scored.len().max(1) as f64;
-        let mut metrics = BTreeMap::new();
-        metrics.insert(
-            "f1".to_string(),
-            scored.iter().map(|s| s.f1).sum::<f64>() / n,
-        );
-        metrics.insert(
-            "em".to_string(),
-            scored.iter().map(|s| s.em).sum::<f64>() / n,
-        );
+        let metrics = metrics(&scored);
         Ok(TaskReport {
             task: TaskId::Record.to_string(),
             model: cx.model.name.clone(),
@@ -195,4 +187,19 @@ impl Task for RecordTask {
             items: scored.into_iter().map(ItemScore::Record).collect(),
         })
     }
+}
+
+/// ReCoRD's metrics: mean token F1 and exact match over queries.
+pub fn metrics(scored: &[RecordItem]) -> BTreeMap<String, f64> {
+    let n = scored.len().max(1) as f64;
+    let mut metrics = BTreeMap::new();
+    metrics.insert(
+        "f1".to_string(),
+        scored.iter().map(|s| s.f1).sum::<f64>() / n,
+    );
+    metrics.insert(
+        "em".to_string(),
+        scored.iter().map(|s| s.em).sum::<f64>() / n,
+    );
+    metrics
 }

@@ -1,0 +1,219 @@
+//! The run store: `reports/runs/<run-id>/`, one directory per run of a suite on a model.
+//!
+//! - `journal/<intervention>--<task>.jsonl`: item scores, appended part by part as they
+//!   complete ([`journal`]), which is what lets an interrupted run resume;
+//! - `interventions/<name>.json`: the manifest of each fitted intervention;
+//! - when the run finishes, parquet tables ([`tables`]): `items` (one row per item and
+//!   per-item metric), `tasks` (aggregate metrics), `verdicts`, `metadata`.
+//!
+//! The run id is the suite's name and a hash of everything that decides the results
+//! (Scalpel's version and commit, the suite and fit-config bytes, the model's weights
+//! hash, the device), so a rerun with the same inputs lands in the same directory and
+//! continues where it stopped; a changed input starts a new run beside it.
+
+pub mod journal;
+pub mod tables;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use fs4::fs_std::FileExt;
+use sha2::{Digest, Sha256};
+
+pub use journal::Journal;
+
+use crate::harness::suite::{Source, Suite};
+use crate::tasks::TaskId;
+
+/// Scalpel's version and the commit it was built from.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_COMMIT: &str = env!("SCALPEL_GIT_COMMIT");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: another scalpel process is writing this run (its lock is held)")]
+    Busy { path: PathBuf },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{path}: not a run directory (no {missing})")]
+    NotARun { path: PathBuf, missing: String },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What decides a run's results, hashed into its id.
+pub struct RunInputs<'a> {
+    pub suite: &'a Suite,
+    pub model_name: &'a str,
+    pub model_fingerprint: &'a str,
+    pub device: &'a str,
+}
+
+/// `<suite name>-<12 hex digits>`.
+pub fn run_id(inputs: &RunInputs<'_>) -> Result<String, StoreError> {
+    let mut h = Sha256::new();
+    let mut put = |label: &str, bytes: &[u8]| {
+        h.update(label.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    put("version", VERSION.as_bytes());
+    put("commit", GIT_COMMIT.as_bytes());
+    let suite = inputs.suite;
+    put("suite", &read(&suite.path)?);
+    for iv in &suite.interventions {
+        match &iv.source {
+            Source::None => put("none", iv.name.as_bytes()),
+            Source::Fit(p) => put("fit", &read(p)?),
+            Source::Artifact(d) => put("artifact", &read(&d.join("manifest.json"))?),
+        }
+    }
+    put("model", inputs.model_name.as_bytes());
+    put("weights", inputs.model_fingerprint.as_bytes());
+    put("device", inputs.device.as_bytes());
+    let hex = format!("{:x}", h.finalize());
+    Ok(format!("{}-{}", file_safe(&suite.name), &hex[..12]))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(io_err(path))
+}
+
+/// A name made safe for a file name (letters, digits, `-`, `_`, `.`).
+pub fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// An open run directory, held by this process (an exclusive lock on `.lock`) until
+/// dropped, so two processes never write one run's journals at once.
+pub struct RunDir {
+    pub dir: PathBuf,
+    pub id: String,
+    _lock: File,
+}
+
+impl RunDir {
+    pub fn open(root: &Path, id: &str) -> Result<RunDir, StoreError> {
+        let dir = root.join(id);
+        for d in [dir.join("journal"), dir.join("interventions")] {
+            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        let lock_path = dir.join(".lock");
+        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        if !lock.try_lock_exclusive().map_err(io_err(&lock_path))? {
+            return Err(StoreError::Busy { path: dir });
+        }
+        Ok(RunDir {
+            dir,
+            id: id.to_string(),
+            _lock: lock,
+        })
+    }
+
+    pub fn journal(&self, intervention: &str, task: TaskId) -> Result<Journal, StoreError> {
+        Journal::open(
+            &self
+                .dir
+                .join("journal")
+                .join(format!("{}--{task}.jsonl", file_safe(intervention))),
+        )
+    }
+
+    /// Write `bytes` to `name` in the run directory, whole or not at all.
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        write_atomic(&self.dir.join(name), bytes)
+    }
+}
+
+/// Write through a temporary file and a rename, so a reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(path.to_path_buf())
+}
+
+/// The machine, for the metadata: CPU model, cores, OS and architecture.
+pub fn hardware() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{cpu}, {cores} cores, {}/{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_timestamp(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_timestamp(1_796_131_845), "2026-12-01T13:30:45Z");
+    }
+
+    #[test]
+    fn a_second_open_of_a_held_run_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let a = RunDir::open(root.path(), "r").unwrap();
+        assert!(matches!(
+            RunDir::open(root.path(), "r"),
+            Err(StoreError::Busy { .. })
+        ));
+        drop(a);
+        RunDir::open(root.path(), "r").unwrap();
+    }
+}
