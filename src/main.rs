@@ -691,45 +691,7 @@ fn run_trace(a: TraceArgs) -> Result<()> {
         b.finish_and_clear();
     }
     if let Some(path) = &a.svg {
-        let rows: Vec<String> = r
-            .tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if r.subject_positions.contains(&i) {
-                    format!("{t}*")
-                } else {
-                    t.clone()
-                }
-            })
-            .collect();
-        let cols: Vec<String> = r.layers.iter().map(|l| l.to_string()).collect();
-        // ROME's orientation: tokens down, layers across.
-        let values: Vec<Vec<f64>> = (0..r.tokens.len())
-            .map(|p| r.effect.iter().map(|layer| layer[p]).collect())
-            .collect();
-        let (palette, what) = match kind {
-            TraceKind::Resid => (svg::Palette::Purples, "single restored layer"),
-            TraceKind::Mlp => (svg::Palette::Greens, "center of restored MLP window"),
-            TraceKind::Attn => (svg::Palette::Reds, "center of restored attention window"),
-        };
-        let title = format!(
-            "Impact of restoring {kind} after corrupted input ({}, p_clean {:.3}, p_corrupt {:.3})",
-            model.name, r.p_clean, r.p_corrupt
-        );
-        let label = match r.target_kind {
-            "contrast" => format!("gap {} restored − corrupted", r.target),
-            _ => format!("p({}) restored − corrupted", r.target.trim()),
-        };
-        let doc = svg::render(&svg::Heatmap {
-            title: &title,
-            row_labels: &rows,
-            col_labels: &cols,
-            values: &values,
-            value_label: &label,
-            palette,
-            x_label: what,
-        })?;
+        let doc = svg::trace_heatmap(&r, &model.name)?;
         std::fs::write(path, doc).with_context(|| format!("--svg {}", path.display()))?;
     }
     let mut out = std::io::stdout().lock();
@@ -878,12 +840,18 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
                 done,
                 total,
             } => format!("{intervention}::{task} {done}/{total}"),
+            RunProgress::Tracing { index, done, total } => {
+                format!("trace[{index}] {done}/{total}")
+            }
         };
         match &bar {
             Some(b) => b.set_message(msg),
             None => {
-                // Off a terminal: one line per stage, not per item.
-                let stage = msg.split(' ').next().unwrap_or_default().to_string();
+                // Off a terminal: one line per stage (the message less its d/t count).
+                let stage = match msg.rsplit_once(' ') {
+                    Some((head, count)) if count.contains('/') => head.to_string(),
+                    _ => msg.clone(),
+                };
                 if stage != last {
                     eprintln!("{}: {msg}", suite.name);
                     last = stage;

@@ -91,6 +91,14 @@ fn suite_errors_name_the_file_line_and_yaml_path() {
             format!("{GOOD}  - {{task: copa, metric: acc, superiority: 0}}\n"),
             vec!["s.yaml:8:", "gates[1]", "unique"],
         ),
+        (
+            format!("{GOOD}traces:\n  - {{prompt: a b, subject: c}}\n"),
+            vec!["s.yaml:9:", "traces[0]", "subject 'c'"],
+        ),
+        (
+            format!("{GOOD}traces:\n  - {{prompt: a b, subject: a, kind: heads}}\n"),
+            vec!["s.yaml:9:", "traces[0]", "heads"],
+        ),
     ] {
         let e = Suite::parse(&f, &body).unwrap_err().to_string();
         for n in needles {

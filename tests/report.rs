@@ -69,11 +69,11 @@ fn items(run: &Run) -> BTreeMap<(String, String, String, u64), Option<f64>> {
 fn an_interrupted_run_resumes_and_equals_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let suite = dir.path().join("resume.yaml");
-    // 100 LAMBADA passages: two parts (64 and 36).
+    // 70 LAMBADA passages: two parts (64 and 6).
     fs::write(
         &suite,
         "name: resume\ninterventions:\n  - {name: none}\n\
-         tasks:\n  - {task: lambada_openai, limit: 100}\n\
+         tasks:\n  - {task: lambada_openai, limit: 70}\n\
          gates:\n  - {task: lambada_openai, metric: acc, within: [0.0, 1.0]}\n",
     )
     .unwrap();
@@ -82,7 +82,7 @@ fn an_interrupted_run_resumes_and_equals_an_uninterrupted_one() {
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     assert!(text(&o.stdout).contains("(2 parts computed, 0 resumed)"));
     let want = items(&Run::read(&only_run(&whole)).unwrap());
-    assert_eq!(want.len(), 100 * 2, "acc and loglikelihood per passage");
+    assert_eq!(want.len(), 70 * 2, "acc and loglikelihood per passage");
 
     // Kill it (SIGKILL) once the first part is journalled.
     let broken = dir.path().join("broken");
@@ -205,7 +205,8 @@ fn the_report_renders_its_charts_in_chromium_and_compare_flags_a_regression() {
          tasks:\n  - {task: lambada_openai, limit: 24}\n  - {task: crows_pairs_english, limit: 20}\n\
          gates:\n\
          \x20 - {task: lambada_openai, metric: acc, non_inferiority: 0.02}\n\
-         \x20 - {task: crows_pairs_english, metric: pct_stereotype, within: [0.0, 1.0]}\n",
+         \x20 - {task: crows_pairs_english, metric: pct_stereotype, within: [0.0, 1.0]}\n\
+         traces:\n  - {prompt: \"The Eiffel Tower is in the city of\", subject: Eiffel Tower, samples: 2}\n",
     )
     .unwrap();
     let runs = dir.path().join("runs");
@@ -276,13 +277,10 @@ fn the_report_renders_its_charts_in_chromium_and_compare_flags_a_regression() {
     )
     .unwrap();
     let mild = dir.path().join("mild-suite.yaml");
-    fs::write(
-        &mild,
-        fs::read_to_string(&suite)
-            .unwrap()
-            .replace("fit.yaml", "mild.yaml"),
-    )
-    .unwrap();
+    // Without the trace, which only the first run's report needs.
+    let body = fs::read_to_string(&suite).unwrap();
+    let without_trace = &body[..body.find("traces:").unwrap()];
+    fs::write(&mild, without_trace.replace("fit.yaml", "mild.yaml")).unwrap();
     let runs_a = dir.path().join("runs-a");
     let o = test_run(&mild, &runs_a, &[]);
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));

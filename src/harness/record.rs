@@ -18,6 +18,8 @@ pub struct RunInfo {
     pub model_fingerprint: String,
     pub device: String,
     pub selection: String,
+    /// sha256 of the executable that ran.
+    pub build: String,
     pub started_unix: u64,
     pub wall_seconds: f64,
 }
@@ -172,6 +174,7 @@ fn metadata(
     put("selection", info.selection.clone());
     put("scalpel_version", crate::store::VERSION.into());
     put("git_commit", crate::store::GIT_COMMIT.into());
+    put("build_sha256", info.build.clone());
     put("hardware", crate::store::hardware());
     put("started_at", crate::store::utc_timestamp(info.started_unix));
     put("wall_seconds", format!("{:.1}", info.wall_seconds));

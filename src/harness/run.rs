@@ -41,6 +41,8 @@ pub enum HarnessError {
     Scorer { task: TaskId, message: String },
     #[error("report: {message}")]
     Report { message: String },
+    #[error("traces[{index}]: {message}")]
+    Trace { index: usize, message: String },
     #[error("{what}: {source}")]
     Store {
         what: String,
@@ -104,6 +106,12 @@ pub enum RunProgress {
     Task {
         intervention: String,
         task: TaskId,
+        done: usize,
+        total: usize,
+    },
+    /// The suite's `traces[index]`, in restored sites.
+    Tracing {
+        index: usize,
         done: usize,
         total: usize,
     },

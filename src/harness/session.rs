@@ -50,7 +50,9 @@ pub fn run_stored(
             source: Box::new(source),
         }
     })?;
+    let build = store::build_hash().map_err(store_err("run id"))?;
     let id = store::run_id(&RunInputs {
+        build: &build,
         suite,
         model_name: &model.name,
         model_fingerprint: &fingerprint,
@@ -58,13 +60,16 @@ pub fn run_stored(
     })
     .map_err(store_err("run id"))?;
     let dir = RunDir::open(runs, &id).map_err(store_err("run store"))?;
-    let out = run(suite, model, sel, Some(&dir), progress)?;
+    let mut progress = progress;
+    let out = run(suite, model, sel, Some(&dir), &mut progress)?;
+    traces(suite, model, &dir, &mut progress)?;
     let info = RunInfo {
         model_name: model.name.clone(),
         model_path: model.path.display().to_string(),
         model_fingerprint: fingerprint,
         device,
         selection: describe(sel),
+        build,
         started_unix,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
@@ -79,6 +84,61 @@ pub fn run_stored(
             report,
         },
     ))
+}
+
+/// The suite's causal traces of the unmodified model, each saved as `traces/<i>.json`
+/// (ROME's JSON) and `traces/<i>.svg` (its heatmap, drawn in the report); a trace the
+/// run directory already holds is not run again.
+fn traces(
+    suite: &Suite,
+    model: &LoadedModel,
+    dir: &RunDir,
+    progress: &mut impl FnMut(RunProgress),
+) -> Result<(), HarnessError> {
+    use crate::trace::causal::{Target, TraceConfig, Tracer};
+    if suite.traces.is_empty() {
+        return Ok(());
+    }
+    let sub = dir.dir.join("traces");
+    std::fs::create_dir_all(&sub)
+        .map_err(store::io_err(&sub))
+        .map_err(store_err("traces"))?;
+    for (i, t) in suite.traces.iter().enumerate() {
+        let (json, svg) = (sub.join(format!("{i}.json")), sub.join(format!("{i}.svg")));
+        if json.exists() && svg.exists() {
+            continue;
+        }
+        let fail = |message: String| HarnessError::Trace { index: i, message };
+        let cfg = TraceConfig {
+            kind: t.kind.parse().map_err(fail)?,
+            samples: t.samples,
+            seed: suite.seed,
+            ..TraceConfig::default()
+        };
+        let tracer = Tracer::with_target(
+            model,
+            &t.prompt,
+            &t.subject,
+            Target::NextToken(t.target.clone()),
+            cfg,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let r = tracer
+            .sweep(|done, total| {
+                progress(RunProgress::Tracing {
+                    index: i,
+                    done,
+                    total,
+                })
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        let doc =
+            crate::trace::svg::trace_heatmap(&r, &model.name).map_err(|e| fail(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(&r).map_err(|e| fail(e.to_string()))?;
+        store::write_atomic(&json, &body).map_err(store_err("traces"))?;
+        store::write_atomic(&svg, doc.as_bytes()).map_err(store_err("traces"))?;
+    }
+    Ok(())
 }
 
 fn describe(sel: &Selection) -> String {

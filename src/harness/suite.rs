@@ -15,6 +15,8 @@
 //! tasks:
 //!   - {task: realtoxicityprompts, split: eval, limit: 50, samples: 10}
 //!   - {task: copa}
+//! traces:                     # ROME causal traces of the model, drawn in the report
+//!   - {prompt: "The Eiffel Tower is in the city of", subject: Eiffel Tower, kind: resid}
 //! gates:
 //!   - {task: realtoxicityprompts, metric: max_toxicity, superiority: 0.3, relative: true}
 //!   - {task: copa, metric: acc, non_inferiority: 0.01}
@@ -59,6 +61,33 @@ struct RawSuite {
     interventions: Spanned<Vec<RawIntervention>>,
     tasks: Spanned<Vec<RawTask>>,
     gates: Spanned<Vec<RawGate>>,
+    #[serde(default)]
+    traces: Vec<Spanned<TraceSpec>>,
+}
+
+/// A causal trace of the unmodified model (ROME's noise-and-restore) that the run draws
+/// in its report: where the model carries what the suite's interventions change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSpec {
+    pub prompt: String,
+    pub subject: String,
+    /// The next token measured (default: the model's own greedy prediction).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// `resid`, `mlp` or `attn`.
+    #[serde(default = "default_trace_kind")]
+    pub kind: String,
+    #[serde(default = "default_trace_samples")]
+    pub samples: usize,
+}
+
+fn default_trace_kind() -> String {
+    "resid".into()
+}
+
+fn default_trace_samples() -> usize {
+    10
 }
 
 fn default_alpha() -> f64 {
@@ -190,6 +219,7 @@ pub struct Suite {
     pub interventions: Vec<InterventionSpec>,
     pub tasks: Vec<TaskSpec>,
     pub gates: Vec<GateSpec>,
+    pub traces: Vec<TraceSpec>,
 }
 
 /// The YAML path of the block-style entry that holds line `line` (1-based): the top-level
@@ -303,6 +333,23 @@ impl Suite {
                 at: "alpha".into(),
                 message: format!("must lie in (0, 0.5), got {}", raw.alpha),
             });
+        }
+
+        for (i, spanned) in raw.traces.iter().enumerate() {
+            let t = &spanned.value;
+            let bad = |m: String| err(&spanned.referenced, format!("traces[{i}]"), m);
+            if t.kind.parse::<crate::trace::causal::TraceKind>().is_err() {
+                return Err(bad(format!("kind '{}' is not resid, mlp or attn", t.kind)));
+            }
+            if t.prompt.trim().is_empty() || !t.prompt.contains(t.subject.trim()) {
+                return Err(bad(format!(
+                    "the subject '{}' must appear in a non-empty prompt",
+                    t.subject
+                )));
+            }
+            if t.samples == 0 {
+                return Err(bad("samples must be at least 1".into()));
+            }
         }
 
         let mut interventions: Vec<InterventionSpec> = Vec::new();
@@ -564,6 +611,7 @@ impl Suite {
             seed: raw.seed,
             alpha: raw.alpha,
             reference,
+            traces: raw.traces.into_iter().map(|t| t.value).collect(),
             interventions,
             tasks,
             gates,

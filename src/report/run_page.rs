@@ -303,6 +303,32 @@ fn task_views(run: &Run) -> Vec<TaskView> {
         .collect()
 }
 
+/// The run's causal-trace heatmaps (`traces/<i>.svg`), in suite order.
+fn trace_figures(run: &Run) -> Result<Vec<Figure>, ReportError> {
+    let dir = run.dir.join("traces");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut files: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .map_err(crate::store::io_err(&dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "svg"))
+        .filter_map(|p| {
+            let i = p.file_stem()?.to_str()?.parse().ok()?;
+            Some((i, p))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|(_, p)| {
+            std::fs::read_to_string(&p)
+                .map(|svg| Figure { svg })
+                .map_err(|e| ReportError::Store(crate::store::io_err(&p)(e)))
+        })
+        .collect()
+}
+
 fn sweeps(run: &Run) -> Result<Vec<Sweep>, ReportError> {
     let mut out = Vec::new();
     for (name, m) in run.manifests()? {
@@ -409,6 +435,7 @@ pub fn render(run: &Run) -> Result<String, ReportError> {
         verdicts => run.verdicts.iter().map(verdict_view).collect::<Vec<_>>(),
         forests => forests(&run.verdicts, |v| v.intervention.clone()).into_iter().map(|svg| Figure { svg }).collect::<Vec<_>>(),
         sweeps => sweeps(run)?,
+        traces => trace_figures(run)?,
         tasks => task_views(run),
         version => run.meta("scalpel_version"),
         run_id => run.meta("run_id"),

@@ -259,10 +259,10 @@ impl Gate {
     fn outcome(&self, v: &Verdict) -> Outcome {
         let scale = self.scale();
         let e = &v.estimate;
-        let decisive =
-            self.bounds()
-                .iter()
-                .any(|&(b, side)| if side > 0.0 { e.hi <= b } else { e.lo >= b });
+        let decisive = self
+            .bounds()
+            .iter()
+            .any(|&(b, side)| if side > 0.0 { e.hi <= b } else { e.lo >= b });
         if v.p_adjusted < self.alpha {
             Outcome::Pass
         } else if !decisive && scale > 0.0 && v.mde > scale {

@@ -7,9 +7,10 @@
 //!   per-item metric), `tasks` (aggregate metrics), `verdicts`, `metadata`.
 //!
 //! The run id is the suite's name and a hash of everything that decides the results
-//! (Scalpel's version and commit, the suite and fit-config bytes, the model's weights
-//! hash, the device), so a rerun with the same inputs lands in the same directory and
-//! continues where it stopped; a changed input starts a new run beside it.
+//! (the running executable's bytes, so any change to Scalpel's code; the suite and
+//! fit-config bytes; the model's weights hash; the device), so a rerun with the same
+//! inputs lands in the same directory and continues where it stopped, and a changed
+//! input, uncommitted code edits included, starts a new run beside it.
 
 pub mod journal;
 pub mod tables;
@@ -54,6 +55,8 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError +
 
 /// What decides a run's results, hashed into its id.
 pub struct RunInputs<'a> {
+    /// sha256 of the running executable ([`build_hash`]).
+    pub build: &'a str,
     pub suite: &'a Suite,
     pub model_name: &'a str,
     pub model_fingerprint: &'a str,
@@ -70,6 +73,7 @@ pub fn run_id(inputs: &RunInputs<'_>) -> Result<String, StoreError> {
     };
     put("version", VERSION.as_bytes());
     put("commit", GIT_COMMIT.as_bytes());
+    put("build", inputs.build.as_bytes());
     let suite = inputs.suite;
     put("suite", &read(&suite.path)?);
     for iv in &suite.interventions {
@@ -84,6 +88,16 @@ pub fn run_id(inputs: &RunInputs<'_>) -> Result<String, StoreError> {
     put("device", inputs.device.as_bytes());
     let hex = format!("{:x}", h.finalize());
     Ok(format!("{}-{}", file_safe(&suite.name), &hex[..12]))
+}
+
+/// sha256 of the running executable: the identity of the code that computes a run's
+/// results, whether or not it was committed.
+pub fn build_hash() -> Result<String, StoreError> {
+    let exe = std::env::current_exe().map_err(io_err(Path::new("(current executable)")))?;
+    let mut f = File::open(&exe).map_err(io_err(&exe))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io_err(&exe))?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, StoreError> {

@@ -234,6 +234,50 @@ fn esc(s: &str) -> String {
     o
 }
 
+/// A trace's heatmap in ROME's orientation (tokens down, subject tokens marked `*`, layers
+/// across), coloured by what was restored.
+pub fn trace_heatmap(r: &super::causal::TraceResult, model_name: &str) -> Result<String, SvgError> {
+    use super::causal::TraceKind;
+    let rows: Vec<String> = r
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if r.subject_positions.contains(&i) {
+                format!("{t}*")
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let cols: Vec<String> = r.layers.iter().map(|l| l.to_string()).collect();
+    let values: Vec<Vec<f64>> = (0..r.tokens.len())
+        .map(|p| r.effect.iter().map(|layer| layer[p]).collect())
+        .collect();
+    let (palette, what) = match r.kind {
+        TraceKind::Resid => (Palette::Purples, "single restored layer"),
+        TraceKind::Mlp => (Palette::Greens, "center of restored MLP window"),
+        TraceKind::Attn => (Palette::Reds, "center of restored attention window"),
+    };
+    let title = format!(
+        "Impact of restoring {} after corrupted input ({model_name}, p_clean {:.3}, p_corrupt {:.3})",
+        r.kind, r.p_clean, r.p_corrupt
+    );
+    let label = match r.target_kind {
+        "contrast" => format!("gap {} restored − corrupted", r.target),
+        _ => format!("p({}) restored − corrupted", r.target.trim()),
+    };
+    render(&Heatmap {
+        title: &title,
+        row_labels: &rows,
+        col_labels: &cols,
+        values: &values,
+        value_label: &label,
+        palette,
+        x_label: what,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
