@@ -99,22 +99,22 @@ fn check(task: TaskId, limit: Option<usize>) {
 
 #[test]
 fn copa_matches_the_harness() {
-    check(TaskId::Copa, Some(50));
+    check(TaskId::Copa, Some(30));
 }
 
 #[test]
 fn cb_matches_the_harness() {
-    check(TaskId::Cb, Some(28));
+    check(TaskId::Cb, Some(16));
 }
 
 #[test]
 fn rte_matches_the_harness() {
-    check(TaskId::Rte, Some(40));
+    check(TaskId::Rte, Some(20));
 }
 
 #[test]
 fn boolq_matches_the_harness() {
-    check(TaskId::Boolq, Some(16));
+    check(TaskId::Boolq, Some(10));
 }
 
 #[test]
