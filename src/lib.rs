@@ -8,6 +8,7 @@ pub mod assets;
 pub mod data;
 pub mod harness;
 pub mod intervene;
+pub mod machine;
 pub mod model;
 pub mod report;
 pub mod score;

@@ -175,8 +175,8 @@ fn metadata(
     put("scalpel_version", crate::store::VERSION.into());
     put("git_commit", crate::store::GIT_COMMIT.into());
     put("build_sha256", info.build.clone());
-    put("hardware", crate::store::hardware());
-    put("started_at", crate::store::utc_timestamp(info.started_unix));
+    put("hardware", crate::machine::describe());
+    put("started_at", crate::machine::iso8601(info.started_unix));
     put("wall_seconds", format!("{:.1}", info.wall_seconds));
     put("parts_computed", out.parts.computed.to_string());
     put("parts_reused", out.parts.reused.to_string());

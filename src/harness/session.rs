@@ -3,7 +3,7 @@
 //! its HTML report.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::record::{self, RunInfo};
 use super::run::{run, HarnessError, RunOutput, RunProgress, Selection};
@@ -35,10 +35,7 @@ pub fn run_stored(
     progress: impl FnMut(RunProgress),
 ) -> Result<(RunOutput, Stored), HarnessError> {
     let started = Instant::now();
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started_unix = crate::machine::unix_now();
     let device = match model.device().location() {
         candle_core::DeviceLocation::Cpu => "cpu".to_string(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
