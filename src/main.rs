@@ -894,7 +894,8 @@ fn run_compare(a: CompareArgs) -> Result<()> {
     }
     let ra = scalpel::store::tables::Run::read(&a.run_a)?;
     let rb = scalpel::store::tables::Run::read(&a.run_b)?;
-    let html = scalpel::report::compare::render(&ra, &rb, a.alpha)?;
+    let cs = scalpel::report::compare::compare(&ra, &rb, a.alpha);
+    let html = scalpel::report::compare::render(&ra, &rb, a.alpha, &cs)?;
     let name = |p: &std::path::Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -911,7 +912,6 @@ fn run_compare(a: CompareArgs) -> Result<()> {
             ))
     });
     scalpel::store::write_atomic(&out, html.as_bytes())?;
-    let cs = scalpel::report::compare::compare(&ra, &rb, a.alpha);
     let reg: Vec<_> = cs.iter().filter(|c| c.flag == "regression").collect();
     for c in &reg {
         println!(

@@ -147,9 +147,8 @@ fn side(label: &'static str, r: &Run) -> Side {
     }
 }
 
-/// The comparison page's HTML.
-pub fn render(a: &Run, b: &Run, alpha: f64) -> Result<String, ReportError> {
-    let cs = compare(a, b, alpha);
+/// The comparison page's HTML, from the comparisons [`compare`] made of `a` and `b`.
+pub fn render(a: &Run, b: &Run, alpha: f64, cs: &[Comparison]) -> Result<String, ReportError> {
     if cs.is_empty() {
         return Err(ReportError::Invalid(format!(
             "{} and {} share no scored items (same interventions, tasks and dataset items)",
@@ -174,7 +173,7 @@ pub fn render(a: &Run, b: &Run, alpha: f64) -> Result<String, ReportError> {
     }
     // One forest per task::metric: each intervention's B − A difference.
     let mut groups: BTreeMap<(String, String), Vec<&Comparison>> = BTreeMap::new();
-    for c in &cs {
+    for c in cs {
         groups
             .entry((c.task.clone(), c.metric.clone()))
             .or_default()
