@@ -4,7 +4,7 @@
 mod common;
 
 use scalpel::model::HookPoint;
-use scalpel::trace::causal::{TraceConfig, TraceKind, Tracer};
+use scalpel::trace::causal::{Site, TraceConfig, TraceKind, Tracer};
 
 const PROMPT: &str = "The Eiffel Tower is located in the city of";
 const SUBJECT: &str = "The Eiffel Tower";
@@ -57,6 +57,37 @@ fn zero_noise_gives_zero_effect_and_whole_layers_restore_the_clean_run() {
             t.p_clean
         );
     }
+}
+
+/// A restoration starts at its first site's block, from the corrupted run's stream
+/// there; it must measure what running the whole corrupted model does. Adding a no-op
+/// restoration of the embedding (outside the subject the noise is zero) forces the
+/// whole-model path.
+#[test]
+fn restorations_from_the_first_restored_block_match_whole_model_runs() {
+    let m = common::smollm2();
+    let t = Tracer::new(m, PROMPT, SUBJECT, Some(" Paris"), TraceConfig::default()).unwrap();
+    let last = t.ids.len() - 1;
+    let subject_end = *t.subject_positions.last().unwrap();
+    let noop = Site::grid(&[HookPoint::Embed], [last]);
+    let sites = [
+        Site::grid(&[HookPoint::ResidPost(3)], [subject_end]),
+        Site::grid(&[HookPoint::ResidPost(20)], [last]),
+        t.site(8, subject_end),
+    ];
+    let fast = t.restore_many(&sites).unwrap();
+    let whole: Vec<f64> = sites
+        .iter()
+        .map(|s| t.restore_many(&[Site::union([s, &noop])]).unwrap()[0])
+        .collect();
+    for ((s, a), b) in sites.iter().zip(&fast).zip(&whole) {
+        assert!((a - b).abs() < 1e-5, "{:?}: from its block {a}, whole model {b}", s.points());
+    }
+    assert!(
+        fast.iter().any(|p| (p - t.p_corrupt).abs() > 1e-3),
+        "some restoration must move the target: {fast:?} vs corrupt {}",
+        t.p_corrupt
+    );
 }
 
 /// ROME's Figure 1 on SmolLM2: restoring the last subject token's state in early and

@@ -154,6 +154,11 @@ pub struct Tracer<'m> {
     noise: Tensor,
     /// Clean activations `[seqs, t, d]` of the sweep's hook points.
     clean_cache: crate::model::ActivationCache,
+    /// The corrupted run's `hook_resid_pre` per layer, rows (sample, sequence): a
+    /// restoration whose first site is at layer `l` starts there, since nothing before
+    /// it differs from the corrupted run. A sweep's restorations then cost half the
+    /// blocks on average.
+    corrupt_pre: Vec<Tensor>,
 }
 
 /// One restoration: clean values at these (hook point, position) cells, all at once.
@@ -319,10 +324,56 @@ impl<'m> Tracer<'m> {
             padded,
             noise,
             clean_cache: out.cache,
+            corrupt_pre: vec![],
         };
         tracer.p_clean = tracer.measure(&out.logits, 1)?[0];
-        tracer.p_corrupt = tracer.restore_many(&[Site::default()])?[0];
+        tracer.p_corrupt = tracer.corrupted_run()?;
         Ok(tracer)
+    }
+
+    /// Which positions need logits for the target.
+    fn logits_at(&self) -> crate::model::LogitsAt {
+        if self.target_id.is_some() && self.seqs.len() == 1 && self.padded.dim(1).ok() == Some(self.ids.len()) {
+            crate::model::LogitsAt::Last
+        } else {
+            crate::model::LogitsAt::All
+        }
+    }
+
+    /// Rows (sample, sequence) repeated for `sites` sites: the sequence and the noise
+    /// sample of each row.
+    fn row_layout(&self, sites: usize) -> (Vec<u32>, Vec<u32>) {
+        let (k, j) = (self.cfg.samples, self.seqs.len());
+        let rows = sites * k * j;
+        let seq_of = (0..rows).map(|r| (r % j) as u32).collect();
+        let sample_of = (0..rows).map(|r| ((r / j) % k) as u32).collect();
+        (seq_of, sample_of)
+    }
+
+    /// The corrupted run with nothing restored: its measure, and its residual stream
+    /// entering every block kept for [`Tracer::restore_many`].
+    fn corrupted_run(&mut self) -> Result<f64, TraceError> {
+        let dev = self.model.device();
+        let (seq_of, sample_of) = self.row_layout(1);
+        let ids = self
+            .padded
+            .index_select(&Tensor::new(seq_of.as_slice(), dev)?, 0)?;
+        let noise = self
+            .noise
+            .index_select(&Tensor::new(sample_of.as_slice(), dev)?, 0)?;
+        let n = self.model.model.info().n_layers;
+        let hooks = Hooks::new()
+            .write(Writer::new(HookPoint::Embed, crate::model::hooks::AddTensor(noise)))
+            .read_all((0..n).map(HookPoint::ResidPre));
+        let out = self.model.model.forward_at(&ids, None, &hooks, self.logits_at())?;
+        self.corrupt_pre = (0..n)
+            .map(|l| {
+                out.cache.get(HookPoint::ResidPre(l)).cloned().ok_or_else(|| {
+                    TraceError::Invalid(format!("hook {} did not fire", HookPoint::ResidPre(l)))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self.measure(&out.logits, self.cfg.samples)?[0])
     }
 
     /// The target's measure for each group of `seqs.len()` rows of `logits`, averaged
@@ -433,18 +484,27 @@ impl<'m> Tracer<'m> {
         let rows = sites.len() * k * j;
         let dev = self.model.device();
         // Row (site, sample, sequence): each sequence of a sample shares its noise.
-        let seq_of: Vec<u32> = (0..rows).map(|r| (r % j) as u32).collect();
-        let sample_of: Vec<u32> = (0..rows).map(|r| ((r / j) % k) as u32).collect();
+        let (seq_of, sample_of) = self.row_layout(sites.len());
         let seq_idx = Tensor::new(seq_of.as_slice(), dev)?;
-        let ids = self.padded.index_select(&seq_idx, 0)?;
-        let noise = self
-            .noise
-            .index_select(&Tensor::new(sample_of.as_slice(), dev)?, 0)?;
-        let mut hooks = Hooks::new().write(Writer::new(
-            HookPoint::Embed,
-            crate::model::hooks::AddTensor(noise),
-        ));
         let points: BTreeSet<HookPoint> = sites.iter().flat_map(|s| s.points()).collect();
+        // Start at the first block a site touches, from the corrupted run's stream there
+        // (the embedding and anything without a layer need the whole model).
+        let first_layer = points
+            .iter()
+            .map(|p| p.layer())
+            .collect::<Option<Vec<usize>>>()
+            .and_then(|ls| ls.into_iter().min())
+            .filter(|_| !self.corrupt_pre.is_empty());
+        let mut hooks = Hooks::new();
+        if first_layer.is_none() {
+            let noise = self
+                .noise
+                .index_select(&Tensor::new(sample_of.as_slice(), dev)?, 0)?;
+            hooks.push_writer(Writer::new(
+                HookPoint::Embed,
+                crate::model::hooks::AddTensor(noise),
+            ));
+        }
         for p in points {
             let clean = match self.clean_cache.get(p) {
                 Some(c) => c.clone(),
@@ -464,12 +524,27 @@ impl<'m> Tracer<'m> {
             let mask = Tensor::from_vec(mask, (rows, t, 1), dev)?;
             hooks.push_writer(Writer::new(p, Restore { clean, mask }));
         }
-        let at = if self.target_id.is_some() && j == 1 && t == self.ids.len() {
-            crate::model::LogitsAt::Last
-        } else {
-            crate::model::LogitsAt::All
+        let at = self.logits_at();
+        let logits = match first_layer {
+            None => {
+                let ids = self.padded.index_select(&seq_idx, 0)?;
+                self.model.model.forward_at(&ids, None, &hooks, at)?.logits
+            }
+            Some(l0) => {
+                let n = self.model.model.info().n_layers;
+                let row_of: Vec<u32> = sample_of
+                    .iter()
+                    .zip(&seq_of)
+                    .map(|(s, q)| s * j as u32 + q)
+                    .collect();
+                let resid = self.corrupt_pre[l0].index_select(&Tensor::new(row_of.as_slice(), dev)?, 0)?;
+                let (mut out, _) = self.model.model.forward_blocks(&resid, l0..n, &hooks)?;
+                if at == crate::model::LogitsAt::Last {
+                    out = out.narrow(1, t - 1, 1)?;
+                }
+                self.model.model.unembed(&out)?
+            }
         };
-        let logits = self.model.model.forward_at(&ids, None, &hooks, at)?.logits;
         self.measure(&logits, k)
     }
 
@@ -491,6 +566,12 @@ impl<'m> Tracer<'m> {
 
     pub fn device(&self) -> &Device {
         self.model.device()
+    }
+
+    /// The `[samples, t, d]` noise added to the input embeddings (zero outside the
+    /// subject), so an independent implementation can trace the same corruptions.
+    pub fn noise(&self) -> &Tensor {
+        &self.noise
     }
 }
 

@@ -17,10 +17,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Performance benchmarks; results go under reports/bench/.
+    /// Performance benchmarks; results go under reports/bench/. With no target: Scalpel
+    /// against PyTorch + transformers on the suite workloads (log-likelihood scoring,
+    /// RealToxicityPrompts sampling, causal tracing, perplexity).
     Bench {
         #[command(subcommand)]
-        target: BenchTarget,
+        target: Option<BenchTarget>,
+        #[command(flatten)]
+        versus: bench::versus::Args,
     },
 }
 
@@ -30,12 +34,17 @@ enum BenchTarget {
     /// llama (f32, same weights) and quantized llama (the GGUF as shipped), and beside the
     /// memory-bandwidth bound for decode.
     Model(bench::model::Args),
+    /// One workload of the PyTorch comparison in this process (run by `bench` itself).
+    #[command(hide = true)]
+    Worker(bench::versus::ours::WorkerArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Bench { target } => match target {
-            BenchTarget::Model(args) => bench::model::run(&args),
+        Cmd::Bench { target, versus } => match target {
+            None => bench::versus::run(&versus),
+            Some(BenchTarget::Model(args)) => bench::model::run(&args),
+            Some(BenchTarget::Worker(args)) => bench::versus::ours::run(&args),
         },
     }
 }

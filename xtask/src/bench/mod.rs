@@ -1,5 +1,5 @@
-//! Benchmarks. Each target (`model`, later others) has an entry module; the rest are
-//! shared pieces with one job each.
+//! Benchmarks. Each target (`versus`: against PyTorch, the default; `model`: against
+//! candle-transformers) has an entry module; the rest are shared pieces with one job each.
 
 pub mod bandwidth;
 pub mod impls;
@@ -7,4 +7,5 @@ pub mod machine;
 pub mod model;
 pub mod report;
 pub mod stats;
+pub mod versus;
 pub mod workloads;
