@@ -124,7 +124,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let inner = dims[dims.len() - 1];
     let out = w.dim(0)?;
     let flat = x.reshape(((), inner))?;
-    let y = flat.matmul(&w.t()?)?;
+    let y = match super::blas::linear(&flat, w)? {
+        Some(y) => y,
+        None => flat.matmul(&w.t()?)?,
+    };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,

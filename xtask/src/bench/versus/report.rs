@@ -251,6 +251,10 @@ pub fn to_json(r: &Results) -> Value {
     })
 }
 
+fn fmt_load(l: Option<[f64; 3]>) -> String {
+    l.map_or("unknown".into(), |[a, b, c]| format!("{a:.2} {b:.2} {c:.2}"))
+}
+
 fn fmt_rate(s: Option<Summary>) -> String {
     s.map_or("failed".into(), |s| format!("{:.2}", s.median))
 }
@@ -297,13 +301,13 @@ fn to_markdown(r: &Results) -> String {
     let _ = writeln!(
         s,
         "SmolLM2-135M-Instruct, f32 weights dequantized from the same GGUF on both sides, \
-         {} threads each, medians of {} repetitions (each a fresh process; model loading not \
-         timed). Machine: {}. Load average before {:?}, after {:?}.\n",
+         {} threads each, medians of {} repetition(s) (each a fresh process; model loading \
+         not timed). Machine: {}. Load average before {}, after {}.\n",
         r.threads,
         r.reps,
         scalpel::machine::describe(),
-        r.load_before,
-        r.load_after
+        fmt_load(r.load_before),
+        fmt_load(r.load_after)
     );
     s.push_str(&table(r));
     let _ = writeln!(

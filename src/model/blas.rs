@@ -1,0 +1,257 @@
+//! f32 linear layers on the CPU through OpenBLAS's `cblas_sgemm`, when the machine has
+//! it (Debian: `libopenblas0`), loaded at run time so that building Scalpel never needs
+//! it. Where it is missing, or `SCALPEL_BLAS=off`, candle's own matmul runs.
+//!
+//! Why: every workload here is dominated by the model's projections, and candle's CPU
+//! matmul (the `gemm` crate) reached about a third of OpenBLAS's AVX-512 kernels on
+//! this project's machines (`cargo xtask bench` records both libraries' throughput).
+//!
+//! OpenBLAS picks its kernels from the CPU model when it loads, and on CPUs it does not
+//! know (virtual machines that report a generic model among them) it falls back to the
+//! oldest x86-64 kernels, slower than candle. Unless the user chose a core type
+//! (`OPENBLAS_CORETYPE`), we check the instruction sets ourselves and, if OpenBLAS
+//! chose kernels below them, re-initialise it with the matching core type.
+
+use std::sync::OnceLock;
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+type Sgemm = unsafe extern "C" fn(
+    i32, // layout
+    i32, // trans a
+    i32, // trans b
+    i32, // m
+    i32, // n
+    i32, // k
+    f32, // alpha
+    *const f32,
+    i32,
+    *const f32,
+    i32,
+    f32, // beta
+    *mut f32,
+    i32,
+);
+
+const ROW_MAJOR: i32 = 101;
+const NO_TRANS: i32 = 111;
+const TRANS: i32 = 112;
+
+/// Below this many rows BLAS loses: it repacks the whole weight matrix on every call
+/// (for the 49k-row unembedding, 113 MB), which only many rows amortise. Decoding
+/// steps, the choices of a multiple-choice item and sampled batches keep candle's path.
+const MIN_ROWS: usize = 32;
+/// Nor for tiny products, where threading costs more than it saves.
+const MIN_WORK: usize = 1 << 18;
+
+struct Blas {
+    _lib: libloading::Library,
+    sgemm: Sgemm,
+    core: String,
+}
+
+static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+
+fn blas() -> Option<&'static Blas> {
+    BLAS.get_or_init(load).as_ref()
+}
+
+/// The BLAS in use, as `openblas (<core type>)`, or `None` when candle's matmul runs.
+pub fn backend() -> Option<String> {
+    blas().map(|b| format!("openblas ({})", b.core))
+}
+
+fn load() -> Option<Blas> {
+    if std::env::var("SCALPEL_BLAS").is_ok_and(|v| v == "off" || v == "0") {
+        return None;
+    }
+    let lib = ["libopenblas.so.0", "libopenblas.so"]
+        .iter()
+        // SAFETY: loading OpenBLAS runs its initialisers, which only set up its own
+        // thread pool and kernel table.
+        .find_map(|name| unsafe { libloading::Library::new(*name) }.ok())?;
+    // SAFETY: the symbol types are OpenBLAS's documented C signatures.
+    unsafe {
+        let sgemm: Sgemm = *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()?;
+        let corename = |lib: &libloading::Library| -> Option<String> {
+            let f = lib
+                .get::<unsafe extern "C" fn() -> *const std::os::raw::c_char>(b"openblas_get_corename\0")
+                .ok()?;
+            let p = f();
+            (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+        };
+        let mut core = corename(&lib).unwrap_or_else(|| "unknown".into());
+        if let Some(want) = better_core(&core) {
+            let init = lib.get::<unsafe extern "C" fn()>(b"gotoblas_dynamic_init\0");
+            let quit = lib.get::<unsafe extern "C" fn()>(b"gotoblas_dynamic_quit\0");
+            if let (Ok(init), Ok(quit)) = (init, quit) {
+                // OpenBLAS reads its core type from the environment when it initialises.
+                std::env::set_var("OPENBLAS_CORETYPE", want);
+                quit();
+                init();
+                core = corename(&lib).unwrap_or(core);
+            }
+        }
+        Some(Blas {
+            _lib: lib,
+            sgemm,
+            core,
+        })
+    }
+}
+
+/// A core type whose kernels this CPU runs and OpenBLAS did not choose, unless the user
+/// set one.
+fn better_core(chosen: &str) -> Option<&'static str> {
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let chosen = chosen.to_ascii_lowercase();
+        let has_avx512 = ["skylakex", "cooperlake", "sapphirerapids"]
+            .iter()
+            .any(|c| chosen.contains(c));
+        let has_avx2 = has_avx512 || ["haswell", "zen"].iter().any(|c| chosen.contains(c));
+        if !has_avx512
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return Some("SkylakeX");
+        }
+        if !has_avx2
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some("Haswell");
+        }
+    }
+    let _ = chosen;
+    None
+}
+
+/// `x · wᵀ` for `x` `[m, k]` and `w` `[n, k]` through BLAS, or `None` when candle's
+/// matmul should run (not f32 on the CPU, a non-contiguous operand, a small product, or
+/// no BLAS on this machine).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu()
+        || x.dtype() != candle_core::DType::F32
+        || w.dtype() != candle_core::DType::F32
+        || x.rank() != 2
+        || w.rank() != 2
+        || !w.is_contiguous()
+    {
+        return Ok(None);
+    }
+    let (m, k) = x.dims2()?;
+    let (n, k2) = w.dims2()?;
+    if k != k2 || m < MIN_ROWS || m * n * k < MIN_WORK || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
+        return Ok(None);
+    }
+    if blas().is_none() {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op2(w, LinearOp)?))
+}
+
+/// `x · wᵀ` as a candle op, so that autograd flows through it like through a matmul.
+struct LinearOp;
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "blas-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+            candle_core::bail!("blas-linear: f32 operands only, got {:?}", s1.dtype());
+        };
+        let (Some((xo, xe)), Some((wo, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("blas-linear: operands must be contiguous");
+        };
+        let (m, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        let (x, w) = (&x[xo..xe], &w[wo..we]);
+        let blas = blas().ok_or_else(|| candle_core::Error::Msg("BLAS went away".into()))?;
+        let mut out = vec![0f32; m * n];
+        // SAFETY: x is m×k, w is n×k and out is m×n, all row-major and in bounds.
+        unsafe {
+            (blas.sgemm)(
+                ROW_MAJOR,
+                NO_TRANS,
+                TRANS,
+                m as i32,
+                n as i32,
+                k as i32,
+                1.0,
+                x.as_ptr(),
+                k as i32,
+                w.as_ptr(),
+                k as i32,
+                0.0,
+                out.as_mut_ptr(),
+                n as i32,
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // y = x wᵀ: dx = dy w, dw = dyᵀ x.
+        Ok((Some(grad.matmul(w)?), Some(grad.t()?.matmul(x)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Where the machine has OpenBLAS (CI installs it) the BLAS path must give candle's
+    /// products and gradients; without it `linear` must decline.
+    #[test]
+    fn blas_products_and_gradients_match_candle() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1f32, (70, 576), &dev).unwrap();
+        let w = Var::randn(0f32, 1f32, (1536, 576), &dev).unwrap();
+        let Some(y) = linear(x.as_tensor(), w.as_tensor()).unwrap() else {
+            assert!(backend().is_none());
+            eprintln!("no OpenBLAS on this machine: candle's matmul runs");
+            return;
+        };
+        eprintln!("BLAS: {}", backend().unwrap());
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        assert!(max_diff(&y, &want) < 1e-3, "{}", max_diff(&y, &want));
+        let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        let g_want = (want.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        for v in [&x, &w] {
+            let (a, b) = (g.get(v).unwrap(), g_want.get(v).unwrap());
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_diff(a, b) <= 1e-4 * scale, "{} vs scale {scale}", max_diff(a, b));
+        }
+        // Small products and other dtypes stay on candle's path.
+        let small = Tensor::ones((1, 8), candle_core::DType::F32, &dev).unwrap();
+        assert!(linear(&small, &small).unwrap().is_none());
+        let few_rows = Tensor::ones((4, 576), candle_core::DType::F32, &dev).unwrap();
+        assert!(linear(&few_rows, w.as_tensor()).unwrap().is_none());
+    }
+}
