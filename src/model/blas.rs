@@ -1,6 +1,11 @@
-//! f32 linear layers on the CPU through OpenBLAS's `cblas_sgemm`, when the machine has
-//! it (Debian: `libopenblas0`), loaded at run time so that building Scalpel never needs
-//! it. Where it is missing, or `SCALPEL_BLAS=off`, candle's own matmul runs.
+//! f32 linear layers on the CPU through OpenBLAS's `cblas_sgemm`, opt-in with
+//! `SCALPEL_BLAS=openblas` on a machine that has it (Debian: `libopenblas0`), loaded at
+//! run time so that building Scalpel never needs it. Otherwise candle's own matmul runs.
+//!
+//! Opt-in, not the default, because a fitted low-rank breaker's outcome in
+//! `tests/intervene.rs` changed under BLAS's float rounding (its forward passes agree
+//! with PyTorch's to 1e-5; the training is what is sensitive), and fits must not depend
+//! on which library a machine happens to have until that is understood.
 //!
 //! Why: every workload here is dominated by the model's projections, and candle's CPU
 //! matmul (the `gemm` crate) reached about a third of OpenBLAS's AVX-512 kernels on
@@ -58,13 +63,18 @@ fn blas() -> Option<&'static Blas> {
 
 /// The BLAS in use, as `openblas (<core type>)`, or `None` when candle's matmul runs.
 pub fn backend() -> Option<String> {
+    if !requested() {
+        return None;
+    }
     blas().map(|b| format!("openblas ({})", b.core))
 }
 
+/// `SCALPEL_BLAS=openblas` (or `on`) asks for BLAS.
+fn requested() -> bool {
+    std::env::var("SCALPEL_BLAS").is_ok_and(|v| v == "openblas" || v == "on")
+}
+
 fn load() -> Option<Blas> {
-    if std::env::var("SCALPEL_BLAS").is_ok_and(|v| v == "off" || v == "0") {
-        return None;
-    }
     let lib = ["libopenblas.so.0", "libopenblas.so"]
         .iter()
         // SAFETY: loading OpenBLAS runs its initialisers, which only set up its own
@@ -136,7 +146,21 @@ fn better_core(chosen: &str) -> Option<&'static str> {
 /// matmul should run (not f32 on the CPU, a non-contiguous operand, a small product, or
 /// no BLAS on this machine).
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    if !x.device().is_cpu()
+    if !requested() {
+        return Ok(None);
+    }
+    linear_if_loaded(x, w)
+}
+
+/// [`linear`] whether or not BLAS was asked for (the tests run it where it is present).
+fn linear_if_loaded(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    // Only outside autograd: products that gradients flow through (breaker training)
+    // keep candle's matmul, whose backward the fitting code was validated with. (A
+    // backward through this op passed a gradient check on random operands yet changed
+    // a trained breaker's outcome; until that is understood, training does not use it.)
+    if x.track_op()
+        || w.track_op()
+        || !x.device().is_cpu()
         || x.dtype() != candle_core::DType::F32
         || w.dtype() != candle_core::DType::F32
         || x.rank() != 2
@@ -156,7 +180,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(x.contiguous()?.apply_op2(w, LinearOp)?))
 }
 
-/// `x · wᵀ` as a candle op, so that autograd flows through it like through a matmul.
+/// `x · wᵀ` as a candle op (forward only: see [`linear`]).
 struct LinearOp;
 
 impl CustomOp2 for LinearOp {
@@ -204,17 +228,6 @@ impl CustomOp2 for LinearOp {
         }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // y = x wᵀ: dx = dy w, dw = dyᵀ x.
-        Ok((Some(grad.matmul(w)?), Some(grad.t()?.matmul(x)?)))
-    }
 }
 
 #[cfg(test)]
@@ -227,31 +240,26 @@ mod tests {
     }
 
     /// Where the machine has OpenBLAS (CI installs it) the BLAS path must give candle's
-    /// products and gradients; without it `linear` must decline.
+    /// products; without it, it must decline. Tensors autograd tracks, small
+    /// products and few-row products always take candle's path.
     #[test]
-    fn blas_products_and_gradients_match_candle() {
+    fn blas_products_match_candle_and_autograd_keeps_candles_matmul() {
         let dev = Device::Cpu;
-        let x = Var::randn(0f32, 1f32, (70, 576), &dev).unwrap();
-        let w = Var::randn(0f32, 1f32, (1536, 576), &dev).unwrap();
-        let Some(y) = linear(x.as_tensor(), w.as_tensor()).unwrap() else {
-            assert!(backend().is_none());
+        let x = Tensor::randn(0f32, 1f32, (70, 576), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1f32, (1536, 576), &dev).unwrap();
+        let tracked = Var::from_tensor(&x).unwrap();
+        assert!(linear_if_loaded(tracked.as_tensor(), &w).unwrap().is_none());
+        let small = Tensor::ones((1, 8), candle_core::DType::F32, &dev).unwrap();
+        assert!(linear_if_loaded(&small, &small).unwrap().is_none());
+        let few_rows = Tensor::ones((4, 576), candle_core::DType::F32, &dev).unwrap();
+        assert!(linear_if_loaded(&few_rows, &w).unwrap().is_none());
+        let Some(y) = linear_if_loaded(&x, &w).unwrap() else {
+            assert!(blas().is_none());
             eprintln!("no OpenBLAS on this machine: candle's matmul runs");
             return;
         };
-        eprintln!("BLAS: {}", backend().unwrap());
+        eprintln!("BLAS: openblas ({})", blas().unwrap().core);
         let want = x.matmul(&w.t().unwrap()).unwrap();
         assert!(max_diff(&y, &want) < 1e-3, "{}", max_diff(&y, &want));
-        let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
-        let g_want = (want.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
-        for v in [&x, &w] {
-            let (a, b) = (g.get(v).unwrap(), g_want.get(v).unwrap());
-            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-            assert!(max_diff(a, b) <= 1e-4 * scale, "{} vs scale {scale}", max_diff(a, b));
-        }
-        // Small products and other dtypes stay on candle's path.
-        let small = Tensor::ones((1, 8), candle_core::DType::F32, &dev).unwrap();
-        assert!(linear(&small, &small).unwrap().is_none());
-        let few_rows = Tensor::ones((4, 576), candle_core::DType::F32, &dev).unwrap();
-        assert!(linear(&few_rows, w.as_tensor()).unwrap().is_none());
     }
 }
