@@ -81,7 +81,11 @@ fn restorations_from_the_first_restored_block_match_whole_model_runs() {
         .map(|s| t.restore_many(&[Site::union([s, &noop])]).unwrap()[0])
         .collect();
     for ((s, a), b) in sites.iter().zip(&fast).zip(&whole) {
-        assert!((a - b).abs() < 1e-5, "{:?}: from its block {a}, whole model {b}", s.points());
+        assert!(
+            (a - b).abs() < 1e-5,
+            "{:?}: from its block {a}, whole model {b}",
+            s.points()
+        );
     }
     assert!(
         fast.iter().any(|p| (p - t.p_corrupt).abs() > 1e-3),

@@ -85,7 +85,9 @@ fn load() -> Option<Blas> {
         let sgemm: Sgemm = *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()?;
         let corename = |lib: &libloading::Library| -> Option<String> {
             let f = lib
-                .get::<unsafe extern "C" fn() -> *const std::os::raw::c_char>(b"openblas_get_corename\0")
+                .get::<unsafe extern "C" fn() -> *const std::os::raw::c_char>(
+                    b"openblas_get_corename\0",
+                )
                 .ok()?;
             let p = f();
             (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
@@ -171,7 +173,11 @@ fn linear_if_loaded(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     }
     let (m, k) = x.dims2()?;
     let (n, k2) = w.dims2()?;
-    if k != k2 || m < MIN_ROWS || m * n * k < MIN_WORK || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
+    if k != k2
+        || m < MIN_ROWS
+        || m * n * k < MIN_WORK
+        || [m, n, k].iter().any(|&d| d > i32::MAX as usize)
+    {
         return Ok(None);
     }
     if blas().is_none() {
@@ -236,7 +242,16 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     /// Where the machine has OpenBLAS (CI installs it) the BLAS path must give candle's

@@ -303,18 +303,31 @@ mod tests {
     /// The plain definition: sort the whole vocabulary, then cut.
     fn sample_by_full_sort(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        idx.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
         if let Some(k) = p.top_k {
             idx.truncate(k.max(1));
         }
         let inv_t = 1.0 / p.temperature;
         let max = logits[idx[0] as usize] as f64 * inv_t;
-        let w: Vec<f64> = idx.iter().map(|&i| (logits[i as usize] as f64 * inv_t - max).exp()).collect();
+        let w: Vec<f64> = idx
+            .iter()
+            .map(|&i| (logits[i as usize] as f64 * inv_t - max).exp())
+            .collect();
         let total: f64 = w.iter().sum();
         let mut probs: Vec<f64> = w.iter().map(|x| x / total).collect();
         if let Some(top_p) = p.top_p {
             let mut cum = 0.0;
-            let keep = probs.iter().position(|q| { cum += q; cum >= top_p }).map_or(probs.len(), |i| i + 1);
+            let keep = probs
+                .iter()
+                .position(|q| {
+                    cum += q;
+                    cum >= top_p
+                })
+                .map_or(probs.len(), |i| i + 1);
             probs.truncate(keep);
         }
         let mass: f64 = probs.iter().sum();
@@ -345,7 +358,10 @@ mod tests {
                 params(1.0, Some(3000), Some(0.9)),
                 params(1.3, None, None),
             ] {
-                let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(case as u64), ChaCha8Rng::seed_from_u64(case as u64));
+                let (mut a, mut b) = (
+                    ChaCha8Rng::seed_from_u64(case as u64),
+                    ChaCha8Rng::seed_from_u64(case as u64),
+                );
                 for _ in 0..5 {
                     assert_eq!(
                         sample_token(&logits, &p, &mut a),

@@ -333,7 +333,10 @@ impl<'m> Tracer<'m> {
 
     /// Which positions need logits for the target.
     fn logits_at(&self) -> crate::model::LogitsAt {
-        if self.target_id.is_some() && self.seqs.len() == 1 && self.padded.dim(1).ok() == Some(self.ids.len()) {
+        if self.target_id.is_some()
+            && self.seqs.len() == 1
+            && self.padded.dim(1).ok() == Some(self.ids.len())
+        {
             crate::model::LogitsAt::Last
         } else {
             crate::model::LogitsAt::All
@@ -363,14 +366,23 @@ impl<'m> Tracer<'m> {
             .index_select(&Tensor::new(sample_of.as_slice(), dev)?, 0)?;
         let n = self.model.model.info().n_layers;
         let hooks = Hooks::new()
-            .write(Writer::new(HookPoint::Embed, crate::model::hooks::AddTensor(noise)))
+            .write(Writer::new(
+                HookPoint::Embed,
+                crate::model::hooks::AddTensor(noise),
+            ))
             .read_all((0..n).map(HookPoint::ResidPre));
-        let out = self.model.model.forward_at(&ids, None, &hooks, self.logits_at())?;
+        let out = self
+            .model
+            .model
+            .forward_at(&ids, None, &hooks, self.logits_at())?;
         self.corrupt_pre = (0..n)
             .map(|l| {
-                out.cache.get(HookPoint::ResidPre(l)).cloned().ok_or_else(|| {
-                    TraceError::Invalid(format!("hook {} did not fire", HookPoint::ResidPre(l)))
-                })
+                out.cache
+                    .get(HookPoint::ResidPre(l))
+                    .cloned()
+                    .ok_or_else(|| {
+                        TraceError::Invalid(format!("hook {} did not fire", HookPoint::ResidPre(l)))
+                    })
             })
             .collect::<Result<_, _>>()?;
         Ok(self.measure(&out.logits, self.cfg.samples)?[0])
@@ -537,7 +549,8 @@ impl<'m> Tracer<'m> {
                     .zip(&seq_of)
                     .map(|(s, q)| s * j as u32 + q)
                     .collect();
-                let resid = self.corrupt_pre[l0].index_select(&Tensor::new(row_of.as_slice(), dev)?, 0)?;
+                let resid =
+                    self.corrupt_pre[l0].index_select(&Tensor::new(row_of.as_slice(), dev)?, 0)?;
                 let (mut out, _) = self.model.model.forward_blocks(&resid, l0..n, &hooks)?;
                 if at == crate::model::LogitsAt::Last {
                     out = out.narrow(1, t - 1, 1)?;

@@ -57,7 +57,8 @@ impl Facts {
         // Prefill of n tokens, unembedding `scored` positions.
         let prefill = |f: &Facts, n: usize, scored: usize| {
             let n = n as f64;
-            n * f.layer_flops + n * (n + 1.0) / 2.0 * f.attn_pair_flops
+            n * f.layer_flops
+                + n * (n + 1.0) / 2.0 * f.attn_pair_flops
                 + scored as f64 * f.unembed_flops
         };
         // Log-likelihoods: each item's context once, then its continuations.
@@ -66,8 +67,12 @@ impl Facts {
             let pairs = item["pairs"].as_array().cloned().unwrap_or_default();
             let ctx = pairs.first().map_or(0, |p| ids_len(&p[0]));
             let conts: usize = pairs.iter().map(|p| ids_len(&p[1])).sum();
-            ll += prefill(&f, ctx, 0) + conts as f64 * (f.layer_flops + f.unembed_flops)
-                + pairs.iter().map(|p| ids_len(&p[1]) as f64 * (ctx as f64) * f.attn_pair_flops).sum::<f64>();
+            ll += prefill(&f, ctx, 0)
+                + conts as f64 * (f.layer_flops + f.unembed_flops)
+                + pairs
+                    .iter()
+                    .map(|p| ids_len(&p[1]) as f64 * (ctx as f64) * f.attn_pair_flops)
+                    .sum::<f64>();
         }
         f.flops.push(("loglik".into(), ll));
         let g = &spec["generate"];
@@ -80,12 +85,18 @@ impl Facts {
             gen += prefill(&f, t, 1);
             for s in 1..new {
                 f.steps.push((rows, t + s));
-                gen += rows as f64 * (f.layer_flops + f.unembed_flops + (t + s) as f64 * f.attn_pair_flops);
+                gen += rows as f64
+                    * (f.layer_flops + f.unembed_flops + (t + s) as f64 * f.attn_pair_flops);
             }
             f.gen_tokens += rows * new;
         }
         f.flops.push(("generate".into(), gen));
-        for p in g["prompts"].as_array().into_iter().flatten().take(g["greedy_check"].as_u64().unwrap_or(0) as usize) {
+        for p in g["prompts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(g["greedy_check"].as_u64().unwrap_or(0) as usize)
+        {
             f.greedy.push(ids_len(p));
         }
         let tr = &spec["trace"];
@@ -95,9 +106,14 @@ impl Facts {
         // The clean run (all positions unembedded is not needed: last only), then one
         // corrupted run per site and noise sample, plus the unrestored one.
         let per_row = prefill(&f, t, 1);
-        f.flops.push(("trace".into(), per_row * (1 + (sites + 1) * k) as f64));
+        f.flops
+            .push(("trace".into(), per_row * (1 + (sites + 1) * k) as f64));
         let mut ppl = 0.0;
-        for w in spec["perplexity"]["windows"].as_array().into_iter().flatten() {
+        for w in spec["perplexity"]["windows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let n = ids_len(&w["context"]) + ids_len(&w["continuation"]) - 1;
             ppl += prefill(&f, n, ids_len(&w["continuation"]));
         }
@@ -106,7 +122,13 @@ impl Facts {
     }
 
     /// The highest rate (units/s) the hardware allows, and what bounds it.
-    pub fn bound(&self, workload: &str, units: usize, flops_per_s: f64, bytes_per_s: f64) -> Option<(f64, &'static str)> {
+    pub fn bound(
+        &self,
+        workload: &str,
+        units: usize,
+        flops_per_s: f64,
+        bytes_per_s: f64,
+    ) -> Option<(f64, &'static str)> {
         match workload {
             "generate" => {
                 let prefill: f64 = self
@@ -116,7 +138,10 @@ impl Facts {
                     .sum();
                 let (mut secs, mut mem_bound) = (prefill, 0usize);
                 for &(rows, ctx) in &self.steps {
-                    let fl = rows as f64 * (self.layer_flops + self.unembed_flops + ctx as f64 * self.attn_pair_flops);
+                    let fl = rows as f64
+                        * (self.layer_flops
+                            + self.unembed_flops
+                            + ctx as f64 * self.attn_pair_flops);
                     let by = self.weight_bytes + rows as f64 * ctx as f64 * self.kv_bytes;
                     let (tc, tm) = (fl / flops_per_s, by / bytes_per_s);
                     if tm > tc {
@@ -124,7 +149,11 @@ impl Facts {
                     }
                     secs += tc.max(tm);
                 }
-                let what = if mem_bound * 2 > self.steps.len() { "memory" } else { "compute" };
+                let what = if mem_bound * 2 > self.steps.len() {
+                    "memory"
+                } else {
+                    "compute"
+                };
                 Some((self.gen_tokens as f64 / secs, what))
             }
             "decode" => {

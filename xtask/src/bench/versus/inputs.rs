@@ -35,8 +35,7 @@ pub const BATCH: usize = 8;
 pub const MATMUL_N: usize = 1024;
 
 pub fn task_id(name: &str) -> Result<TaskId> {
-    name.parse::<TaskId>()
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    name.parse::<TaskId>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A SuperGLUE task's items, selected as the workload selects them.
@@ -45,7 +44,11 @@ pub fn super_glue_task(name: &str, limit: Option<usize>) -> Result<SuperGlueTask
     let path = super_glue::data_path(id)?;
     let mut t = super_glue::load_from(id, &path)?;
     tasks::select(&mut t, SplitSel::All, limit);
-    ensure!(!t.items.is_empty(), "{name}: no items in {}", path.display());
+    ensure!(
+        !t.items.is_empty(),
+        "{name}: no items in {}",
+        path.display()
+    );
     Ok(t)
 }
 
@@ -56,7 +59,11 @@ pub fn text_task(name: &str, limit: usize) -> Result<Box<dyn Task>> {
         ..LoadOptions::default()
     };
     let t = tasks::load(task_id(name)?, &opts).with_context(|| format!("loading {name}"))?;
-    ensure!(t.len() == limit, "{name}: {} items, the bench needs {limit}", t.len());
+    ensure!(
+        t.len() == limit,
+        "{name}: {} items, the bench needs {limit}",
+        t.len()
+    );
     Ok(t)
 }
 
@@ -86,7 +93,11 @@ pub fn spec(model: &LoadedModel, model_path: &std::path::Path) -> Result<Value> 
 
     let rtp = text_task("realtoxicityprompts", GEN_PROMPTS)?;
     let prompts = (0..rtp.len())
-        .map(|i| model.encode(&rtp.item_text(i).context("RTP prompt text")?).map_err(Into::into))
+        .map(|i| {
+            model
+                .encode(&rtp.item_text(i).context("RTP prompt text")?)
+                .map_err(Into::into)
+        })
         .collect::<Result<Vec<_>>>()?;
 
     let cfg = trace_config();

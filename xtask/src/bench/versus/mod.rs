@@ -45,13 +45,19 @@ const DEFAULT_REPS: usize = 3;
 pub const WORKLOADS: [&str; 4] = ["loglik", "generate", "trace", "perplexity"];
 
 pub fn run(args: &Args) -> Result<()> {
-    let reps = args.reps.unwrap_or(if args.quick { 1 } else { DEFAULT_REPS }).max(1);
+    let reps = args
+        .reps
+        .unwrap_or(if args.quick { 1 } else { DEFAULT_REPS })
+        .max(1);
     let workloads: Vec<&str> = WORKLOADS
         .iter()
         .copied()
         .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w))
         .collect();
-    anyhow::ensure!(!workloads.is_empty(), "--only names no workload of {WORKLOADS:?}");
+    anyhow::ensure!(
+        !workloads.is_empty(),
+        "--only names no workload of {WORKLOADS:?}"
+    );
     let root = machine::workspace_root();
     let started = machine::unix_now();
     let load_before = machine::loadavg();
@@ -107,7 +113,9 @@ pub fn run(args: &Args) -> Result<()> {
                         o.secs,
                         o.peak_rss_bytes.unwrap_or(0) as f64 / 1e6
                     ),
-                    Err(e) => eprintln!("  rep {}  {w:<11} {:<8} failed: {e:#}", rep + 1, side.name),
+                    Err(e) => {
+                        eprintln!("  rep {}  {w:<11} {:<8} failed: {e:#}", rep + 1, side.name)
+                    }
                 }
                 outcomes.push(o.unwrap_or_else(|e| Outcome::failed(side.name, w, rep, e)));
                 let last = outcomes.last_mut().expect("just pushed");

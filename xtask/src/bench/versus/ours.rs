@@ -127,7 +127,14 @@ fn generation(model: &LoadedModel) -> Result<(f64, usize, Value)> {
             seed: prompt_seed(0, text),
             stop_ids: vec![],
         };
-        let gens = generate(model.model.as_ref(), ids, &params, GEN_SAMPLES, &Hooks::new(), |_, _| {})?;
+        let gens = generate(
+            model.model.as_ref(),
+            ids,
+            &params,
+            GEN_SAMPLES,
+            &Hooks::new(),
+            |_, _| {},
+        )?;
         produced += gens.iter().map(|g| g.tokens.len()).sum::<usize>();
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -155,11 +162,21 @@ fn generation(model: &LoadedModel) -> Result<(f64, usize, Value)> {
 
 fn trace(model: &LoadedModel) -> Result<(f64, usize, Value)> {
     let t0 = Instant::now();
-    let tracer = Tracer::new(model, TRACE_PROMPT, TRACE_SUBJECT, None, inputs::trace_config())?;
+    let tracer = Tracer::new(
+        model,
+        TRACE_PROMPT,
+        TRACE_SUBJECT,
+        None,
+        inputs::trace_config(),
+    )?;
     let r = tracer.sweep(|_, _| {})?;
     let secs = t0.elapsed().as_secs_f64();
     let sites = r.effect.iter().map(Vec::len).sum();
-    Ok((secs, sites, json!({"p_corrupt": r.p_corrupt, "effect": r.effect})))
+    Ok((
+        secs,
+        sites,
+        json!({"p_corrupt": r.p_corrupt, "effect": r.effect}),
+    ))
 }
 
 fn perplexity(model: &LoadedModel) -> Result<(f64, usize, Value)> {

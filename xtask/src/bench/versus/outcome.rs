@@ -46,7 +46,8 @@ impl Side {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).arg(workload).args(&self.trailing);
         // transformers would otherwise look for the hub and print advice.
-        cmd.env("HF_HUB_OFFLINE", "1").env("TRANSFORMERS_OFFLINE", "1");
+        cmd.env("HF_HUB_OFFLINE", "1")
+            .env("TRANSFORMERS_OFFLINE", "1");
         if self.name == "scalpel" && std::env::var_os("SCALPEL_BLAS").is_none() {
             cmd.env("SCALPEL_BLAS", "openblas");
         }

@@ -72,7 +72,11 @@ impl Results {
     }
 
     fn rates(&self, side: &str, w: &str) -> Option<Summary> {
-        let v: Vec<f64> = self.of(side, w).filter(|o| o.ok()).map(Outcome::rate).collect();
+        let v: Vec<f64> = self
+            .of(side, w)
+            .filter(|o| o.ok())
+            .map(Outcome::rate)
+            .collect();
         Summary::of(&v)
     }
 
@@ -98,14 +102,20 @@ impl Results {
                 pytorch: self.rates("pytorch", w),
                 scalpel_rss: self.rss("scalpel", w),
                 pytorch_rss: self.rss("pytorch", w),
-                bound: self.facts.bound(w, units, self.flops_per_s(), self.bandwidth),
+                bound: self
+                    .facts
+                    .bound(w, units, self.flops_per_s(), self.bandwidth),
                 agreement,
                 agree,
                 errors: self
                     .outcomes
                     .iter()
                     .filter(|o| &o.workload == w)
-                    .filter_map(|o| o.error.as_ref().map(|e| format!("{} rep {}: {e}", o.side, o.rep + 1)))
+                    .filter_map(|o| {
+                        o.error
+                            .as_ref()
+                            .map(|e| format!("{} rep {}: {e}", o.side, o.rep + 1))
+                    })
                     .collect(),
             });
             if w == "generate" {
@@ -121,7 +131,9 @@ impl Results {
             let v: Vec<f64> = self
                 .of(side, "generate")
                 .filter(|o| o.ok())
-                .filter_map(|o| Some(o.result["greedy_tokens"].as_f64()? / o.result["greedy_secs"].as_f64()?))
+                .filter_map(|o| {
+                    Some(o.result["greedy_tokens"].as_f64()? / o.result["greedy_secs"].as_f64()?)
+                })
                 .collect();
             Summary::of(&v)
         };
@@ -129,7 +141,10 @@ impl Results {
             .first("scalpel", "generate")
             .and_then(|o| o.result["greedy_tokens"].as_u64())
             .unwrap_or(0) as usize;
-        let greedy = |side: &str| self.first(side, "generate").map(|o| o.result["greedy"].clone());
+        let greedy = |side: &str| {
+            self.first(side, "generate")
+                .map(|o| o.result["greedy"].clone())
+        };
         let same = matches!((greedy("scalpel"), greedy("pytorch")), (Some(a), Some(b)) if a == b);
         Row {
             workload: "decode".into(),
@@ -137,7 +152,9 @@ impl Results {
             pytorch: rate("pytorch"),
             scalpel_rss: None,
             pytorch_rss: None,
-            bound: self.facts.bound("decode", units, self.flops_per_s(), self.bandwidth),
+            bound: self
+                .facts
+                .bound("decode", units, self.flops_per_s(), self.bandwidth),
             agreement: json!({"greedy_tokens_identical": same}),
             agree: same,
             errors: vec![],
@@ -148,11 +165,16 @@ impl Results {
 /// Do the two sides' outputs show the same computation? (details, verdict)
 fn agreement(w: &str, a: &Value, b: &Value) -> (Value, bool) {
     let floats = |v: &Value| -> Vec<f64> {
-        v.as_array().map_or(vec![], |x| x.iter().filter_map(Value::as_f64).collect())
+        v.as_array()
+            .map_or(vec![], |x| x.iter().filter_map(Value::as_f64).collect())
     };
     let max_diff = |x: &[f64], y: &[f64]| -> Option<f64> {
-        (x.len() == y.len() && !x.is_empty())
-            .then(|| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max))
+        (x.len() == y.len() && !x.is_empty()).then(|| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max)
+        })
     };
     match w {
         "loglik" => {
@@ -170,7 +192,8 @@ fn agreement(w: &str, a: &Value, b: &Value) -> (Value, bool) {
         }
         "trace" => {
             let flat = |v: &Value| -> Vec<f64> {
-                v.as_array().map_or(vec![], |rows| rows.iter().flat_map(|r| floats(r)).collect())
+                v.as_array()
+                    .map_or(vec![], |rows| rows.iter().flat_map(|r| floats(r)).collect())
             };
             let d = max_diff(&flat(&a["effect"]), &flat(&b["effect"]));
             (
@@ -180,7 +203,10 @@ fn agreement(w: &str, a: &Value, b: &Value) -> (Value, bool) {
             )
         }
         "perplexity" => {
-            let (p, q) = (a["token_perplexity"].as_f64(), b["token_perplexity"].as_f64());
+            let (p, q) = (
+                a["token_perplexity"].as_f64(),
+                b["token_perplexity"].as_f64(),
+            );
             let rel = p.zip(q).map(|(p, q)| (p - q).abs() / q);
             (
                 json!({"token_perplexity_scalpel": p, "token_perplexity_pytorch": q,
@@ -225,9 +251,11 @@ pub fn to_json(r: &Results) -> Value {
     let secs: Vec<Value> = r
         .outcomes
         .iter()
-        .map(|o| json!({"side": o.side, "workload": o.workload, "rep": o.rep + 1,
+        .map(|o| {
+            json!({"side": o.side, "workload": o.workload, "rep": o.rep + 1,
                         "secs": o.secs, "units": o.units, "load_secs": o.load_secs,
-                        "peak_rss_bytes": o.peak_rss_bytes, "error": o.error}))
+                        "peak_rss_bytes": o.peak_rss_bytes, "error": o.error})
+        })
         .collect();
     json!({
         "bench": "scalpel-vs-pytorch",
@@ -252,7 +280,9 @@ pub fn to_json(r: &Results) -> Value {
 }
 
 fn fmt_load(l: Option<[f64; 3]>) -> String {
-    l.map_or("unknown".into(), |[a, b, c]| format!("{a:.2} {b:.2} {c:.2}"))
+    l.map_or("unknown".into(), |[a, b, c]| {
+        format!("{a:.2} {b:.2} {c:.2}")
+    })
 }
 
 fn fmt_rate(s: Option<Summary>) -> String {
@@ -281,11 +311,19 @@ fn table(r: &Results) -> String {
             row.ratio().map_or("-".into(), |x| format!("{x:.2}×")),
             fmt_mb(row.scalpel_rss),
             fmt_mb(row.pytorch_rss),
-            row.bound.map_or("-".into(), |b| format!("{:.1} ({})", b.0, b.1)),
+            row.bound
+                .map_or("-".into(), |b| format!("{:.1} ({})", b.0, b.1)),
             row.bound
                 .zip(row.scalpel)
-                .map_or("-".into(), |(b, x)| format!("{:.0}%", 100.0 * x.median / b.0)),
-            if row.agree { "yes".to_string() } else { format!("NO: {}", row.agreement) },
+                .map_or("-".into(), |(b, x)| format!(
+                    "{:.0}%",
+                    100.0 * x.median / b.0
+                )),
+            if row.agree {
+                "yes".to_string()
+            } else {
+                format!("NO: {}", row.agreement)
+            },
         );
     }
     s
@@ -297,7 +335,11 @@ pub fn print_table(r: &Results) {
 
 fn to_markdown(r: &Results) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Scalpel vs PyTorch + transformers, {}\n", machine::iso8601(r.started));
+    let _ = writeln!(
+        s,
+        "# Scalpel vs PyTorch + transformers, {}\n",
+        machine::iso8601(r.started)
+    );
     let _ = writeln!(
         s,
         "SmolLM2-135M-Instruct, f32 weights dequantized from the same GGUF on both sides, \
@@ -333,9 +375,13 @@ pub fn write(r: &Results, root: &Path) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let stamp = machine::file_stamp(r.started);
     let json_path = dir.join(format!("{stamp}.json"));
-    std::fs::write(&json_path, serde_json::to_string_pretty(&to_json(r))? + "\n")
-        .with_context(|| format!("write {}", json_path.display()))?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&to_json(r))? + "\n",
+    )
+    .with_context(|| format!("write {}", json_path.display()))?;
     let md_path = dir.join(format!("{stamp}.md"));
-    std::fs::write(&md_path, to_markdown(r)).with_context(|| format!("write {}", md_path.display()))?;
+    std::fs::write(&md_path, to_markdown(r))
+        .with_context(|| format!("write {}", md_path.display()))?;
     Ok((json_path, md_path))
 }

@@ -38,7 +38,11 @@ pub fn ensure(root: &Path) -> Result<PathBuf> {
         .status()
         .context("running pip")?;
     if !status.success() || !imports_ok(&python) {
-        bail!("could not install {} into {}", PACKAGES.join(" "), dir.display());
+        bail!(
+            "could not install {} into {}",
+            PACKAGES.join(" "),
+            dir.display()
+        );
     }
     Ok(python)
 }
