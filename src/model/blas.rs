@@ -239,20 +239,8 @@ impl CustomOp2 for LinearOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ops::tests::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// Where the machine has OpenBLAS (CI installs it) the BLAS path must give candle's
     /// products; without it, it must decline. Tensors autograd tracks, small
