@@ -129,13 +129,11 @@ pub fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) ->
     let inv_t = 1.0 / p.temperature;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 * inv_t;
     let weight = |i: u32| (logits[i as usize] as f64 * inv_t - max).exp();
-    let total: f64 = if limit < n {
+    if limit < n {
         idx.select_nth_unstable_by(limit - 1, better);
         idx.truncate(limit);
-        idx.iter().map(|&i| weight(i)).sum()
-    } else {
-        logits.iter().map(|&l| (l as f64 * inv_t - max).exp()).sum()
-    };
+    }
+    let total: f64 = idx.iter().map(|&i| weight(i)).sum();
     // The ranked prefix: grown (4x at a time) until its mass reaches top_p.
     let mut sorted = match p.top_p {
         Some(_) => 1024.min(idx.len()),

@@ -353,24 +353,30 @@ impl<'m> Tracer<'m> {
         (seq_of, sample_of)
     }
 
+    /// The whole-model input of rows laid out as [`Tracer::row_layout`] gives: each
+    /// row's sequence, and hooks adding each row's noise to the embeddings.
+    fn corrupted_input(
+        &self,
+        seq_of: &[u32],
+        sample_of: &[u32],
+    ) -> Result<(Tensor, Hooks), TraceError> {
+        let dev = self.model.device();
+        let ids = self.padded.index_select(&Tensor::new(seq_of, dev)?, 0)?;
+        let noise = self.noise.index_select(&Tensor::new(sample_of, dev)?, 0)?;
+        let hooks = Hooks::new().write(Writer::new(
+            HookPoint::Embed,
+            crate::model::hooks::AddTensor(noise),
+        ));
+        Ok((ids, hooks))
+    }
+
     /// The corrupted run with nothing restored: its measure, and its residual stream
     /// entering every block kept for [`Tracer::restore_many`].
     fn corrupted_run(&mut self) -> Result<f64, TraceError> {
-        let dev = self.model.device();
         let (seq_of, sample_of) = self.row_layout(1);
-        let ids = self
-            .padded
-            .index_select(&Tensor::new(seq_of.as_slice(), dev)?, 0)?;
-        let noise = self
-            .noise
-            .index_select(&Tensor::new(sample_of.as_slice(), dev)?, 0)?;
+        let (ids, hooks) = self.corrupted_input(&seq_of, &sample_of)?;
         let n = self.model.model.info().n_layers;
-        let hooks = Hooks::new()
-            .write(Writer::new(
-                HookPoint::Embed,
-                crate::model::hooks::AddTensor(noise),
-            ))
-            .read_all((0..n).map(HookPoint::ResidPre));
+        let hooks = hooks.read_all((0..n).map(HookPoint::ResidPre));
         let out = self
             .model
             .model
@@ -505,18 +511,8 @@ impl<'m> Tracer<'m> {
             .iter()
             .map(|p| p.layer())
             .collect::<Option<Vec<usize>>>()
-            .and_then(|ls| ls.into_iter().min())
-            .filter(|_| !self.corrupt_pre.is_empty());
-        let mut hooks = Hooks::new();
-        if first_layer.is_none() {
-            let noise = self
-                .noise
-                .index_select(&Tensor::new(sample_of.as_slice(), dev)?, 0)?;
-            hooks.push_writer(Writer::new(
-                HookPoint::Embed,
-                crate::model::hooks::AddTensor(noise),
-            ));
-        }
+            .and_then(|ls| ls.into_iter().min());
+        let mut restores = Vec::with_capacity(points.len());
         for p in points {
             let clean = match self.clean_cache.get(p) {
                 Some(c) => c.clone(),
@@ -534,15 +530,20 @@ impl<'m> Tracer<'m> {
                 }
             }
             let mask = Tensor::from_vec(mask, (rows, t, 1), dev)?;
-            hooks.push_writer(Writer::new(p, Restore { clean, mask }));
+            restores.push(Writer::new(p, Restore { clean, mask }));
         }
         let at = self.logits_at();
         let logits = match first_layer {
+            // From the start: the embedding hook adds the noise, then the restorations.
             None => {
-                let ids = self.padded.index_select(&seq_idx, 0)?;
+                let (ids, mut hooks) = self.corrupted_input(&seq_of, &sample_of)?;
+                restores.into_iter().for_each(|w| hooks.push_writer(w));
                 self.model.model.forward_at(&ids, None, &hooks, at)?.logits
             }
+            // From a block: the stored corrupted stream already carries the noise.
             Some(l0) => {
+                let mut hooks = Hooks::new();
+                restores.into_iter().for_each(|w| hooks.push_writer(w));
                 let n = self.model.model.info().n_layers;
                 let row_of: Vec<u32> = sample_of
                     .iter()

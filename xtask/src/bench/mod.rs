@@ -6,6 +6,7 @@ pub mod impls;
 pub mod machine;
 pub mod model;
 pub mod report;
+pub mod reps;
 pub mod stats;
 pub mod versus;
 pub mod workloads;

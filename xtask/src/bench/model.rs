@@ -22,26 +22,19 @@ use super::machine;
 use super::report::{self, Agreement, BandwidthSamples, Results, Series};
 use super::workloads::{self, DECODE_STEPS, N_SAMPLES, PREFILL_LEN, SAMPLE_TOKENS};
 
+/// Timed repetitions of every workload, each after one warm-up run.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Timed repetitions of every workload (after one warm-up run).
-    #[arg(long)]
-    reps: Option<usize>,
-    /// A smoke run: one repetition unless --reps says otherwise.
-    #[arg(long)]
-    quick: bool,
+    #[command(flatten)]
+    reps: super::reps::Reps,
 }
 
 const DEFAULT_REPS: usize = 5;
-const QUICK_REPS: usize = 1;
 const BANDWIDTH_BUFFER: usize = 1 << 30;
 const PREFILL_BATCHES: [usize; 2] = [1, 8];
 
 pub fn run(args: &Args) -> Result<()> {
-    let reps = args
-        .reps
-        .unwrap_or(if args.quick { QUICK_REPS } else { DEFAULT_REPS })
-        .max(1);
+    let reps = args.reps.count(DEFAULT_REPS);
     let root = machine::workspace_root();
     let started = machine::unix_now();
     let load_before = machine::loadavg();
@@ -217,7 +210,7 @@ pub fn run(args: &Args) -> Result<()> {
         started,
         finished: machine::unix_now(),
         reps,
-        quick: args.quick,
+        quick: args.reps.quick,
         cores: machine::cores(),
         threads,
         cpu_model: machine::cpu_model(),

@@ -27,7 +27,8 @@ pub struct Facts {
     steps: Vec<(usize, usize)>,
     /// Prompt lengths of the generation workload (each prefilled once).
     gen_prompts: Vec<usize>,
-    greedy: Vec<usize>,
+    /// Batch-1 greedy decoding steps of the generation workload's greedy check.
+    greedy_steps: usize,
     gen_tokens: usize,
 }
 
@@ -51,7 +52,7 @@ impl Facts {
             flops: vec![],
             steps: vec![],
             gen_prompts: vec![],
-            greedy: vec![],
+            greedy_steps: 0,
             gen_tokens: 0,
         };
         // Prefill of n tokens, unembedding `scored` positions.
@@ -91,14 +92,9 @@ impl Facts {
             f.gen_tokens += rows * new;
         }
         f.flops.push(("generate".into(), gen));
-        for p in g["prompts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(g["greedy_check"].as_u64().unwrap_or(0) as usize)
-        {
-            f.greedy.push(ids_len(p));
-        }
+        let greedy_prompts = (g["greedy_check"].as_u64().unwrap_or(0) as usize)
+            .min(g["prompts"].as_array().map_or(0, Vec::len));
+        f.greedy_steps = greedy_prompts * new;
         let tr = &spec["trace"];
         let t = ids_len(&tr["ids"]);
         let k = tr["samples"].as_u64().unwrap_or(0) as usize;
@@ -158,8 +154,7 @@ impl Facts {
             }
             "decode" => {
                 // Batch-1 greedy decoding: every step reads every weight once.
-                let steps: usize = self.greedy.len() * 20;
-                let secs = steps as f64 * self.weight_bytes / bytes_per_s;
+                let secs = self.greedy_steps as f64 * self.weight_bytes / bytes_per_s;
                 Some((units as f64 / secs, "memory"))
             }
             w => {

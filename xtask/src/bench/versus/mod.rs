@@ -28,12 +28,8 @@ use outcome::{Outcome, Side};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Timed repetitions of every workload.
-    #[arg(long)]
-    reps: Option<usize>,
-    /// One repetition (unless --reps says otherwise).
-    #[arg(long)]
-    quick: bool,
+    #[command(flatten)]
+    reps: super::reps::Reps,
     /// Run only these workloads (loglik, generate, trace, perplexity).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -45,10 +41,7 @@ const DEFAULT_REPS: usize = 3;
 pub const WORKLOADS: [&str; 4] = ["loglik", "generate", "trace", "perplexity"];
 
 pub fn run(args: &Args) -> Result<()> {
-    let reps = args
-        .reps
-        .unwrap_or(if args.quick { 1 } else { DEFAULT_REPS })
-        .max(1);
+    let reps = args.reps.count(DEFAULT_REPS);
     let workloads: Vec<&str> = WORKLOADS
         .iter()
         .copied()
