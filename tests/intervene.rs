@@ -289,8 +289,13 @@ fn offset_is_the_mean_difference_and_direction_ablation_its_opposite() {
     assert!(max_diff(&u, &want.neg().unwrap()) < 1e-4);
 }
 
+/// Training reroutes harmful text and leaves harmless text nearly alone. The shift is
+/// measured per token past the attention sink (whose state dwarfs the others' and would
+/// otherwise decide the ratio). The learning rate is one at which training is stable:
+/// the same fit under candle's and OpenBLAS's matmul agrees to four digits.
 #[test]
 fn a_low_rank_breaker_learns_to_reroute_harmful_text_and_keep_harmless_text() {
+    use candle_core::D;
     use scalpel::intervene::fit::{fit_low_rank, LowRankConfig};
     let m = common::smollm2();
     let c = contrast();
@@ -302,52 +307,42 @@ fn a_low_rank_breaker_learns_to_reroute_harmful_text_and_keep_harmless_text() {
         heldout: 0.2,
         eval_every: 5,
         patience: 10,
-        lr: 1e-1,
+        lr: 2e-2,
         ..Default::default()
     };
     let site = HookPoint::ResidPost(6);
     let (iv, t) = fit_low_rank(m, &c, &[site], &cfg, |_, _, _| {}).unwrap();
     let first = &t.curve[0].parts;
     let last = &t.curve.last().unwrap().parts;
-    // At R = 0 the breaker is the identity: cos = 1, distance 0.
-    assert!((first["reroute"] - 1.0).abs() < 1e-3, "{first:?}");
-    assert!(first["retain"] < 1e-4, "{first:?}");
+    // The initial edit swaps a rank-2 slice of the stream: close to, not at, the identity.
     assert!(
-        last["reroute"] < 0.9 * first["reroute"],
+        first["reroute"] > 0.9 && first["reroute"] < 1.0,
+        "{first:?}"
+    );
+    assert!(first["retain"] < 0.2, "{first:?}");
+    assert!(
+        last["reroute"] < 0.5 * first["reroute"],
         "rerouting did not drop: {:?}",
         t.curve
     );
     assert_eq!(t.steps, 30);
-    // The fitted breaker changes harmful text's representation more than harmless text's.
     let target = HookPoint::ResidPost(11);
-    let shift = |text: &str| {
+    let shift = |text: &str| -> f32 {
         let ids = m.encode(text).unwrap();
         let a = m.forward_ids(&ids, &Hooks::new().read(target)).unwrap();
         let b = m.forward_ids(&ids, &iv.hooks().read(target)).unwrap();
         let (a, b) = (a.cache.get(target).unwrap(), b.cache.get(target).unwrap());
-        let num = (a - b)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        num / a
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        let norm = |x: &Tensor| x.sqr().unwrap().sum(D::Minus1).unwrap().sqrt().unwrap();
+        let rel = (norm(&(a - b).unwrap()) / norm(a)).unwrap().i(0).unwrap();
+        let rel = rel.to_vec1::<f32>().unwrap();
+        rel[1..].iter().sum::<f32>() / (rel.len() - 1) as f32
     };
     let harm: f32 = c.harmful.iter().map(|t| shift(t)).sum::<f32>() / 5.0;
     let keep: f32 = c.harmless.iter().map(|t| shift(t)).sum::<f32>() / 5.0;
-    assert!(harm > keep, "harmful shift {harm} vs harmless {keep}");
+    assert!(
+        harm > 1.0 && keep < 0.2 && harm > 5.0 * keep,
+        "harmful shift {harm} vs harmless {keep}"
+    );
 }
 
 #[test]

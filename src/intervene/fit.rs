@@ -342,15 +342,19 @@ pub fn fit_low_rank(
     let harm_held = span.freeze(model, &harm_held, 1)?;
     let keep = span.freeze(model, &keep, 0)?;
     let keep_held = span.freeze(model, &keep_held, 0)?;
-    // Both forms start as the identity with a non-zero gradient: LoReFT with R = 0 and
-    // W small and random, LoRA with B = 0 and A small and random.
+    // LoReFT starts as pyreft does: R with orthonormal rows and W random, so the edit
+    // swaps an r-dimensional slice of the stream for a random one (a few percent of its
+    // norm). Starting at the identity (R = 0) would put the rerouting cosine at its
+    // maximum, where its gradient vanishes: Adam then amplifies float noise into full
+    // steps and training escapes along whatever direction rounding picked, a different
+    // one under another matmul kernel. LoRA starts at the identity (B = 0) as LoRA does.
     let mut params: Vec<(HookPoint, [Var; 3])> = Vec::new();
     let mut vars = Vec::new();
     for (k, p) in sites.iter().enumerate() {
         let seed = cfg.seed.wrapping_add(k as u64 + 1);
         let ps = match cfg.form {
             BreakerForm::LoReft => [
-                Var::zeros((cfg.rank, d), DType::F32, &dev)?,
+                Var::from_tensor(&orthonormal_rows(cfg.rank, d, seed ^ 0x5eed, &dev)?)?,
                 Var::from_tensor(&seeded_normal(
                     &[cfg.rank, d],
                     1.0 / (d as f64).sqrt(),
@@ -680,4 +684,27 @@ fn seeded_normal(
         })
         .collect();
     Tensor::from_vec(v, shape, dev)
+}
+
+/// `r` seeded random rows of length `d`, orthonormalised (Gram–Schmidt in f64).
+fn orthonormal_rows(r: usize, d: usize, seed: u64, dev: &Device) -> Result<Tensor, FitError> {
+    if r > d {
+        return Err(FitError::Invalid(format!(
+            "rank {r} exceeds the stream width {d}"
+        )));
+    }
+    let raw = seeded_normal(&[r, d], 1.0, seed, dev)?.to_vec2::<f32>()?;
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(r);
+    for v in raw {
+        let mut v: Vec<f64> = v.into_iter().map(f64::from).collect();
+        for u in &rows {
+            let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+        }
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|a| *a /= norm);
+        rows.push(v);
+    }
+    let flat: Vec<f32> = rows.into_iter().flatten().map(|a| a as f32).collect();
+    Ok(Tensor::from_vec(flat, (r, d), dev)?)
 }

@@ -18,9 +18,9 @@ pub struct Side {
 }
 
 impl Side {
-    /// This xtask binary, as `xtask bench worker WORKLOAD`, with OpenBLAS asked for
-    /// (`SCALPEL_BLAS=openblas`) unless the caller set `SCALPEL_BLAS` otherwise; the record
-    /// says which matmul ran.
+    /// This xtask binary, as `xtask bench worker WORKLOAD`, with the caller's environment
+    /// (OpenBLAS when the machine has it, unless `SCALPEL_BLAS=off`); the record says which
+    /// matmul ran.
     pub fn scalpel(exe: PathBuf) -> Side {
         Side {
             name: "scalpel",
@@ -48,9 +48,6 @@ impl Side {
         // transformers would otherwise look for the hub and print advice.
         cmd.env("HF_HUB_OFFLINE", "1")
             .env("TRANSFORMERS_OFFLINE", "1");
-        if self.name == "scalpel" && std::env::var_os("SCALPEL_BLAS").is_none() {
-            cmd.env("SCALPEL_BLAS", "openblas");
-        }
         let v = run_json(&mut cmd, &format!("{} {workload} worker", self.name))?;
         Outcome::from_json(self.name, workload, &v)
     }
