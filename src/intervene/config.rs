@@ -241,10 +241,16 @@ fn texts(specs: &[DataSpec]) -> Result<(Vec<String>, Vec<DataRecord>), ConfigErr
     Ok((out, records))
 }
 
-/// Where a fit's artefact is cached: `$SCALPEL_HOME/fixtures/<sha256 of model
-/// fingerprint, config and data>`.
+/// Bumped whenever fitting code changes what a fit produces from the same inputs (2: the
+/// breaker's training starts off the identity), so an artefact cached by older code is
+/// refitted rather than reused.
+pub const FIT_REVISION: u32 = 2;
+
+/// Where a fit's artefact is cached: `$SCALPEL_HOME/fixtures/<sha256 of the fitting
+/// code's revision, model fingerprint, config and data>`.
 pub fn fixture_dir(fingerprint: &str, cfg: &FitConfig, data: &[DataRecord]) -> PathBuf {
     let mut h = Sha256::new();
+    h.update(format!("fit-revision-{FIT_REVISION}").as_bytes());
     h.update(fingerprint.as_bytes());
     h.update(serde_json::to_vec(cfg).unwrap_or_default());
     h.update(serde_json::to_vec(data).unwrap_or_default());
