@@ -68,3 +68,66 @@ fn logprobs_and_greedy_flags_match_the_harness() {
     }
     eprintln!("worst |Δ logprob| = {worst:.2e}");
 }
+
+/// Multiple-choice items of different context lengths run as one left-padded batch:
+/// each scores what it scores alone, on a RoPE model and on one with learned position
+/// embeddings (tiny GPT-2), under a writer that touches every position, and under one
+/// that touches a single position (which batches nothing: see `loglikelihood_tokens`).
+#[test]
+fn left_padded_batches_of_items_score_what_each_scores_alone() {
+    use scalpel::model::hooks::AddTensor;
+    use scalpel::model::{HookPoint, Positions, Writer};
+    use scalpel::score::loglik::{loglikelihood_tokens, EncodedPair};
+    let items: [(&str, &[&str]); 4] = [
+        (
+            "The man broke his toe because",
+            &[" he dropped a hammer.", " he was tired."],
+        ),
+        (
+            "On Saturday morning Maria walked to the market, bought apples and bread, and then",
+            &[" went home.", " flew to the moon.", " slept."],
+        ),
+        ("Paris is", &[" big", " a city in France"]),
+        ("Q: Is water wet?\nA:", &[" yes", " no"]),
+    ];
+    let tiny = common::tiny_gpt2();
+    for m in [common::smollm2(), &tiny] {
+        let pairs: Vec<EncodedPair> = items
+            .iter()
+            .flat_map(|(c, conts)| {
+                conts
+                    .iter()
+                    .map(|x| encode_pair(m, &LoglikRequest::new(*c, *x)).unwrap())
+            })
+            .collect();
+        let offset =
+            candle_core::Tensor::full(0.25f32, m.model.info().d_model, m.device()).unwrap();
+        let steer = Hooks::new().write(Writer::new(
+            HookPoint::ResidPost(1),
+            AddTensor(offset.clone()),
+        ));
+        let at_one = Hooks::new().write(
+            Writer::new(HookPoint::ResidPost(1), AddTensor(offset))
+                .at_positions(Positions::only([2])),
+        );
+        for hooks in [Hooks::new(), steer, at_one] {
+            let together = loglikelihood_tokens(m, &pairs, 8, &hooks).unwrap();
+            let mut alone = Vec::new();
+            let mut i = 0;
+            for (_, conts) in &items {
+                alone.extend(
+                    loglikelihood_tokens(m, &pairs[i..i + conts.len()], 1, &hooks).unwrap(),
+                );
+                i += conts.len();
+            }
+            assert_eq!(together.len(), alone.len());
+            for (a, b) in together.iter().zip(&alone) {
+                assert!(
+                    (a.logprob - b.logprob).abs() < 1e-4 && a.is_greedy == b.is_greedy,
+                    "{}: batched {a:?} vs alone {b:?}",
+                    m.name
+                );
+            }
+        }
+    }
+}

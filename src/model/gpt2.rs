@@ -243,12 +243,21 @@ impl Gpt2 {
         let q = q.transpose(1, 2)?.contiguous()?; // [b, h, t, dh]
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
+        let pads = kv.as_ref().map(|kv| kv.pads().to_vec()).unwrap_or_default();
         let (k, v) = match kv {
             Some(kv) => kv.append(layer, k, v)?,
             None => (k, v),
         };
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
-        if t > 1 {
+        if !pads.is_empty() {
+            scores = scores.broadcast_add(&ops::padded_causal_mask(
+                t,
+                offset,
+                &pads,
+                scores.dtype(),
+                &self.device,
+            )?)?;
+        } else if t > 1 {
             scores = scores.broadcast_add(&ops::causal_mask(
                 t,
                 offset,
@@ -302,18 +311,30 @@ impl Gpt2 {
             self.wte
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, self.cfg.d_model))?;
-        let pos = self.wpe.narrow(0, offset, t)?;
         // hook_embed holds token + position embeddings, as in TransformerLens' hook_embed +
         // hook_pos_embed summed into resid_pre of block 0.
-        let x = tok.broadcast_add(&pos)?; // [b, t, d]
+        let x = match kv.as_ref().and_then(|kv| kv.row_positions(t, offset)) {
+            Some(pos) => {
+                let idx = Tensor::new(pos.as_slice(), &self.device)?;
+                (tok + self
+                    .wpe
+                    .index_select(&idx, 0)?
+                    .reshape((b, t, self.cfg.d_model))?)?
+            }
+            None => tok.broadcast_add(&self.wpe.narrow(0, offset, t)?)?,
+        }; // [b, t, d]
         let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
         for l in 0..self.cfg.n_layers {
             resid = self.block(l, resid, offset, kv.as_deref_mut(), hooks, &mut cache)?;
         }
-        if at == LogitsAt::Last {
-            resid = resid.narrow(1, t - 1, 1)?;
-        }
-        let logits = self.unembed_inner(&resid)?;
+        let logits = match at {
+            LogitsAt::All => self.unembed_inner(&resid)?,
+            LogitsAt::Last => self.unembed_inner(&resid.narrow(1, t - 1, 1)?)?,
+            LogitsAt::Skip => {
+                let vocab = self.lm_head.dim(0)?;
+                Tensor::zeros((b, 0, vocab), resid.dtype(), &self.device)?
+            }
+        };
         Ok(ForwardOutput { logits, cache })
     }
 

@@ -228,9 +228,15 @@ impl Llama {
         let q = hooks.apply(HookPoint::AttnQ(layer), q, offset, cache)?;
         let k = hooks.apply(HookPoint::AttnK(layer), k, offset, cache)?;
         let v = hooks.apply(HookPoint::AttnV(layer), v, offset, cache)?;
+        let pads = kv.as_ref().map(|kv| kv.pads().to_vec()).unwrap_or_default();
+        let rows = kv.as_ref().and_then(|kv| kv.row_positions(t, offset));
+        let rope = |x: Tensor| match &rows {
+            Some(pos) => self.rope.apply_rows(&x, pos),
+            None => self.rope.apply(&x, offset),
+        };
         // [b, heads, t, dh]
-        let q = self.rope.apply(&q.transpose(1, 2)?.contiguous()?, offset)?;
-        let k = self.rope.apply(&k.transpose(1, 2)?.contiguous()?, offset)?;
+        let q = rope(q.transpose(1, 2)?.contiguous()?)?;
+        let k = rope(k.transpose(1, 2)?.contiguous()?)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match kv {
             Some(kv) => kv.append(layer, k, v)?,
@@ -241,7 +247,10 @@ impl Llama {
         let v = ops::repeat_kv(&v, rep)?.contiguous()?;
         let scale = 1.0 / (c.d_head as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?)? * scale)?; // [b, h, t, t_total]
-        if t > 1 {
+        if !pads.is_empty() {
+            let mask = ops::padded_causal_mask(t, offset, &pads, scores.dtype(), &self.device)?;
+            scores = scores.broadcast_add(&mask)?;
+        } else if t > 1 {
             let mask = ops::causal_mask(t, offset, scores.dtype(), &self.device)?;
             scores = scores.broadcast_add(&mask)?;
         }
@@ -310,10 +319,13 @@ impl Llama {
         for l in 0..self.cfg.n_layers {
             resid = self.block(l, resid, offset, kv.as_deref_mut(), hooks, &mut cache)?;
         }
-        if at == LogitsAt::Last {
-            resid = resid.narrow(1, t - 1, 1)?;
-        }
-        let logits = self.unembed_inner(&resid)?;
+        let logits = match at {
+            LogitsAt::All => self.unembed_inner(&resid)?,
+            LogitsAt::Last => self.unembed_inner(&resid.narrow(1, t - 1, 1)?)?,
+            LogitsAt::Skip => {
+                Tensor::zeros((b, 0, self.cfg.vocab_size), resid.dtype(), &self.device)?
+            }
+        };
         Ok(ForwardOutput { logits, cache })
     }
 

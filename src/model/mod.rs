@@ -56,11 +56,14 @@ pub struct ModelInfo {
 }
 
 /// Which positions get logits. Scoring needs every position; generation needs only the
-/// last, and skipping the rest saves a `[b, t, vocab]` matmul on prefill.
+/// last, and skipping the rest saves a `[b, t, vocab]` matmul on prefill; filling a KV
+/// cache (or reading activations) needs none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitsAt {
     All,
     Last,
+    /// No unembedding: the logits are `[b, 0, vocab]`.
+    Skip,
 }
 
 /// Logits `[b, t, vocab]` (`[b, 1, vocab]` for [`LogitsAt::Last`]), plus what the readers
@@ -72,16 +75,89 @@ pub struct ForwardOutput {
 }
 
 /// Keys and values of earlier positions, per layer, `[b, kv_heads, t, dh]` after RoPE.
+///
+/// A cache may be *left-padded*: row `r`'s first `pads[r]` positions are padding, which
+/// no real position attends to, and its tokens' positions (RoPE angles, learned position
+/// embeddings) count from its first real token. So sequences of different lengths share
+/// one batched prefill and then continue together, each computing what it computes
+/// alone. Writers with position selectors are refused on such a batch (their absolute
+/// positions would mean different tokens in different rows).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    pads: Vec<usize>,
 }
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
         KvCache {
             layers: vec![None; n_layers],
+            pads: Vec::new(),
         }
+    }
+
+    /// An empty cache for a batch whose row `r` will start with `pads[r]` padding tokens
+    /// (all zero: an ordinary cache).
+    pub fn left_padded(n_layers: usize, pads: Vec<usize>) -> Self {
+        KvCache {
+            layers: vec![None; n_layers],
+            pads: if pads.iter().all(|&p| p == 0) {
+                Vec::new()
+            } else {
+                pads
+            },
+        }
+    }
+
+    /// Left padding per row (empty: none).
+    pub fn pads(&self) -> &[usize] {
+        &self.pads
+    }
+
+    /// Rows `rows` of this cache, in that order (a row may repeat): the choices of
+    /// several items continue from their own item's context.
+    pub fn select_rows(&self, rows: &[usize]) -> candle_core::Result<KvCache> {
+        let dev = self.layers.iter().flatten().map(|(k, _)| k.device()).next();
+        let layers = match dev {
+            None => vec![None; self.layers.len()],
+            Some(dev) => {
+                let idx = Tensor::from_vec(
+                    rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    rows.len(),
+                    dev,
+                )?;
+                self.layers
+                    .iter()
+                    .map(|l| {
+                        l.as_ref()
+                            .map(|(k, v)| -> candle_core::Result<(Tensor, Tensor)> {
+                                Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))
+                            })
+                            .transpose()
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?
+            }
+        };
+        let pads = if self.pads.is_empty() {
+            Vec::new()
+        } else {
+            rows.iter().map(|&r| self.pads[r]).collect()
+        };
+        Ok(KvCache { layers, pads })
+    }
+
+    /// Per-row positions of a call's `t` tokens at `offset` under this cache's padding
+    /// (pad tokens get 0), or `None` when unpadded.
+    pub(crate) fn row_positions(&self, t: usize, offset: usize) -> Option<Vec<u32>> {
+        if self.pads.is_empty() {
+            return None;
+        }
+        Some(
+            self.pads
+                .iter()
+                .flat_map(|&p| (offset..offset + t).map(move |i| i.saturating_sub(p) as u32))
+                .collect(),
+        )
     }
 
     /// Number of positions already cached (the offset of the next call).
@@ -114,6 +190,9 @@ impl KvCache {
 
     /// Copy a batch-1 cache into `n` rows, so that `n` samples share one prefill.
     pub fn repeat_batch(&self, n: usize) -> candle_core::Result<KvCache> {
+        if !self.pads.is_empty() {
+            return self.select_rows(&vec![0; n]);
+        }
         let layers = self
             .layers
             .iter()
@@ -125,7 +204,10 @@ impl KvCache {
                     .transpose()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(KvCache { layers })
+        Ok(KvCache {
+            layers,
+            pads: Vec::new(),
+        })
     }
 
     /// Keep only the first `len` positions (reuse a shared prefix across requests).
@@ -148,6 +230,24 @@ pub(crate) fn check_call(
     hooks: &Hooks,
 ) -> Result<(), ModelError> {
     hooks.validate(info.n_layers)?;
+    if let Some(kv) = kv.filter(|kv| !kv.pads.is_empty()) {
+        let b = ids.dim(0)?;
+        if kv.pads.len() != b {
+            return Err(ModelError::Call(format!(
+                "a left-padded cache has {} rows, the call {b}",
+                kv.pads.len()
+            )));
+        }
+        if hooks
+            .writers()
+            .iter()
+            .any(|w| w.positions != Positions::All)
+        {
+            return Err(ModelError::Call(
+                "writers with position selectors cannot run on a left-padded batch".into(),
+            ));
+        }
+    }
     let len = kv.map_or(0, KvCache::len) + ids.dim(candle_core::D::Minus1)?;
     if len > info.max_positions {
         return Err(ModelError::TooLong {

@@ -75,6 +75,35 @@ impl Rope {
         self.cos.dims()[0]
     }
 
+    /// Rotate `x` `[b, heads, t, dh]` at per-row positions `pos` (`b·t` of them, row by
+    /// row): a left-padded batch, whose rows start at different offsets.
+    pub fn apply_rows(&self, x: &Tensor, pos: &[u32]) -> Result<Tensor> {
+        let (b, _, t, dh) = x.dims4()?;
+        let idx = Tensor::new(pos, x.device())?;
+        let table = |m: &Tensor| -> Result<Tensor> {
+            m.index_select(&idx, 0)?
+                .reshape((b, t, dh / 2))?
+                .to_dtype(x.dtype())
+        };
+        let (cos, sin) = (table(&self.cos)?, table(&self.sin)?);
+        if composed(&[x]) {
+            // rope_slow takes one table for the whole batch; this is it per row.
+            let full = |m: &Tensor| Tensor::cat(&[m, m], D::Minus1)?.unsqueeze(1);
+            let (cos, sin) = (full(&cos)?, full(&sin)?);
+            let half = dh / 2;
+            let rotated = Tensor::cat(
+                &[
+                    &x.narrow(D::Minus1, half, half)?.neg()?,
+                    &x.narrow(D::Minus1, 0, half)?,
+                ],
+                D::Minus1,
+            )?;
+            x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+        }
+    }
+
     /// Rotate `x` `[b, heads, t, dh]` whose first position is `offset`.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let t = x.dim(2)?;
@@ -104,6 +133,33 @@ pub fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Resul
         })
         .collect();
     Tensor::from_vec(mask, (t, total), dev)?.to_dtype(dtype)
+}
+
+/// Additive mask `[b, 1, t, offset + t]` for a left-padded batch: causal, and row `r`'s
+/// real queries never see its first `pads[r]` keys. A pad query sees itself, so that its
+/// (discarded) softmax stays finite.
+pub fn padded_causal_mask(
+    t: usize,
+    offset: usize,
+    pads: &[usize],
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
+    let total = offset + t;
+    let mut mask = Vec::with_capacity(pads.len() * t * total);
+    for &p in pads {
+        for i in 0..t {
+            let q = offset + i;
+            mask.extend((0..total).map(|j| {
+                if j > q || (j < p && j != q) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            }));
+        }
+    }
+    Tensor::from_vec(mask, (pads.len(), 1, t, total), dev)?.to_dtype(dtype)
 }
 
 /// Repeat key/value heads for grouped-query attention: `[b, kvh, t, dh]` →

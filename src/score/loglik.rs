@@ -14,7 +14,7 @@
 use candle_core::{DType, IndexOp, Tensor, D};
 
 use crate::model::generate::{forward_batch, pad_right};
-use crate::model::{Hooks, LoadedModel, LogitsAt, ModelError};
+use crate::model::{Hooks, KvCache, LoadedModel, LogitsAt, ModelError, Positions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoglikRequest {
@@ -101,7 +101,10 @@ pub fn loglikelihood(
 
 /// Score token pairs. Consecutive pairs with the same context (the choices of one
 /// multiple-choice item) share it: the context runs once into a KV cache and only the
-/// continuations run per choice. Other pairs are scored `batch_size` at a time.
+/// continuations run per choice. Up to `batch_size` such items run together, their
+/// contexts left-padded into one prefill (longest first, as the harness orders them, so
+/// that neighbours pad little) and all their choices in one continuation pass. Other
+/// pairs are scored `batch_size` at a time as whole sequences.
 pub fn loglikelihood_tokens(
     model: &LoadedModel,
     pairs: &[EncodedPair],
@@ -116,6 +119,7 @@ pub fn loglikelihood_tokens(
     }
     let max_len = model.model.info().max_positions;
     let mut out: Vec<Option<LoglikResponse>> = vec![None; pairs.len()];
+    let mut shared = Vec::new();
     let mut plain = Vec::new();
     let mut i = 0;
     while i < pairs.len() {
@@ -129,16 +133,40 @@ pub fn loglikelihood_tokens(
             .max()
             .unwrap_or(0);
         if j - i > 1 && pairs[i].context.len() + longest <= max_len {
-            for (k, r) in score_shared_context(model, &pairs[i..j], hooks)?
-                .into_iter()
-                .enumerate()
-            {
-                out[i + k] = Some(r);
-            }
+            shared.push(i..j);
         } else {
             plain.extend(i..j);
         }
         i = j;
+    }
+    // Position selectors mean different tokens in differently padded rows: such hooks
+    // score one item at a time.
+    let per_item = if hooks
+        .writers()
+        .iter()
+        .any(|w| w.positions != Positions::All)
+    {
+        1
+    } else {
+        batch_size.max(1)
+    };
+    shared.sort_by_key(|g| std::cmp::Reverse(pairs[g.start].context.len()));
+    for chunk in shared.chunks(per_item) {
+        // Padded to the longest context, the batch must still fit the window with the
+        // longest continuation; if not, its items run alone (each fits by itself).
+        let width = chunk.iter().map(|g| pairs[g.start].context.len()).max();
+        let longest = chunk
+            .iter()
+            .flat_map(|g| &pairs[g.clone()])
+            .map(|p| p.continuation.len())
+            .max();
+        let fits = width.zip(longest).is_some_and(|(w, l)| w + l <= max_len);
+        for items in chunk.chunks(if fits { chunk.len() } else { 1 }) {
+            let scored = score_shared_contexts(model, pairs, items, hooks)?;
+            for (k, r) in items.iter().flat_map(|g| g.clone()).zip(scored) {
+                out[k] = Some(r);
+            }
+        }
     }
     for chunk in plain.chunks(batch_size.max(1)) {
         let group: Vec<&EncodedPair> = chunk.iter().map(|&k| &pairs[k]).collect();
@@ -149,38 +177,58 @@ pub fn loglikelihood_tokens(
     Ok(out.into_iter().flatten().collect())
 }
 
-/// Pairs that share `pairs[0].context`: the context minus its last token fills a KV
-/// cache once; each choice then runs `[last context token] + continuation[..-1]`, whose
-/// logits are exactly the ones that predict the continuation.
-fn score_shared_context(
+/// Items `items` (each a run of pairs sharing a context), scored together. Each
+/// context minus its last token fills a row of one left-padded KV cache; each choice
+/// then continues from its item's row with `[last context token] + continuation[..-1]`,
+/// whose logits are exactly the ones that predict the continuation. Returns the pairs'
+/// scores in the order of `items`.
+fn score_shared_contexts(
     model: &LoadedModel,
     pairs: &[EncodedPair],
+    items: &[std::ops::Range<usize>],
     hooks: &Hooks,
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     let m = model.model.as_ref();
-    let ctx = &pairs[0].context;
-    let (prefix, last) = ctx.split_at(ctx.len() - 1);
-    let mut kv = m.new_kv_cache();
-    if !prefix.is_empty() {
-        let ids = Tensor::new(prefix, m.device())?.unsqueeze(0)?;
-        m.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Last)?;
-    }
-    let mut kv = kv.repeat_batch(pairs.len())?;
     let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let seqs: Vec<Vec<u32>> = pairs
+    let prefixes: Vec<&[u32]> = items
+        .iter()
+        .map(|g| {
+            let ctx = &pairs[g.start].context;
+            &ctx[..ctx.len() - 1]
+        })
+        .collect();
+    let width = prefixes.iter().map(|p| p.len()).max().unwrap_or(0);
+    let pads: Vec<usize> = prefixes.iter().map(|p| width - p.len()).collect();
+    let mut kv = KvCache::left_padded(m.info().n_layers, pads);
+    if width > 0 {
+        let mut flat = Vec::with_capacity(items.len() * width);
+        for p in &prefixes {
+            flat.extend(std::iter::repeat_n(pad, width - p.len()));
+            flat.extend_from_slice(p);
+        }
+        let ids = Tensor::from_vec(flat, (items.len(), width), m.device())?;
+        m.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Skip)?;
+    }
+    let rows: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .flat_map(|(r, g)| std::iter::repeat_n(r, g.len()))
+        .collect();
+    let mut kv = kv.select_rows(&rows)?;
+    let chosen: Vec<&EncodedPair> = items.iter().flat_map(|g| &pairs[g.clone()]).collect();
+    let seqs: Vec<Vec<u32>> = chosen
         .iter()
         .map(|p| {
-            let cont = &p.continuation;
-            last.iter()
-                .chain(&cont[..cont.len() - 1])
-                .copied()
+            let (ctx, cont) = (&p.context, &p.continuation);
+            std::iter::once(ctx[ctx.len() - 1])
+                .chain(cont[..cont.len() - 1].iter().copied())
                 .collect()
         })
         .collect();
     // Right padding: under the causal mask no real position sees it.
     let ids = pad_right(&seqs, pad, m.device())?;
     let logits = m.forward(&ids, Some(&mut kv), hooks)?.logits;
-    pairs
+    chosen
         .iter()
         .enumerate()
         .map(|(i, p)| {
