@@ -38,20 +38,33 @@ type Sgemm = unsafe extern "C" fn(
     i32,
 );
 
+type Sgemv = unsafe extern "C" fn(
+    i32, // layout
+    i32, // trans
+    i32, // m
+    i32, // n
+    f32, // alpha
+    *const f32,
+    i32,
+    *const f32,
+    i32, // inc x
+    f32, // beta
+    *mut f32,
+    i32, // inc y
+);
+
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
 const TRANS: i32 = 112;
 
-/// Below this many rows BLAS loses: it repacks the whole weight matrix on every call
-/// (for the 49k-row unembedding, 113 MB), which only many rows amortise. Decoding
-/// steps, the choices of a multiple-choice item and sampled batches keep candle's path.
-const MIN_ROWS: usize = 32;
-/// Nor for tiny products, where threading costs more than it saves.
+/// BLAS won at every row count measured here, one row (as `sgemv`) to thousands, so
+/// only tiny products, where threading costs more than it saves, stay with candle.
 const MIN_WORK: usize = 1 << 18;
 
 struct Blas {
     _lib: libloading::Library,
     sgemm: Sgemm,
+    sgemv: Sgemv,
     core: String,
 }
 
@@ -83,6 +96,7 @@ fn load() -> Option<Blas> {
     // SAFETY: the symbol types are OpenBLAS's documented C signatures.
     unsafe {
         let sgemm: Sgemm = *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()?;
+        let sgemv: Sgemv = *lib.get::<Sgemv>(b"cblas_sgemv\0").ok()?;
         let corename = |lib: &libloading::Library| -> Option<String> {
             let f = lib
                 .get::<unsafe extern "C" fn() -> *const std::os::raw::c_char>(
@@ -93,6 +107,13 @@ fn load() -> Option<Blas> {
             (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
         };
         let mut core = corename(&lib).unwrap_or_else(|| "unknown".into());
+        // One thread inside OpenBLAS: products are split across rayon's pool instead
+        // (see `LinearOp`). OpenBLAS's own pool spins (sched_yield) for a while after
+        // every call, and on a small machine those spinning threads took the cores the
+        // elementwise ops between products needed: 16% of a scoring run's time.
+        if let Ok(set) = lib.get::<unsafe extern "C" fn(i32)>(b"openblas_set_num_threads\0") {
+            set(1);
+        }
         if let Some(want) = better_core(&core) {
             let init = lib.get::<unsafe extern "C" fn()>(b"gotoblas_dynamic_init\0");
             let quit = lib.get::<unsafe extern "C" fn()>(b"gotoblas_dynamic_quit\0");
@@ -107,6 +128,7 @@ fn load() -> Option<Blas> {
         Some(Blas {
             _lib: lib,
             sgemm,
+            sgemv,
             core,
         })
     }
@@ -171,11 +193,7 @@ fn linear_if_loaded(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     }
     let (m, k) = x.dims2()?;
     let (n, k2) = w.dims2()?;
-    if k != k2
-        || m < MIN_ROWS
-        || m * n * k < MIN_WORK
-        || [m, n, k].iter().any(|&d| d > i32::MAX as usize)
-    {
+    if k != k2 || m * n * k < MIN_WORK || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
         return Ok(None);
     }
     if blas().is_none() {
@@ -186,6 +204,22 @@ fn linear_if_loaded(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 
 /// `x · wᵀ` as a candle op (forward only: see [`linear`]).
 struct LinearOp;
+
+/// The output buffer, shared by the threads that write its disjoint column blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every thread writes a different column block (see `LinearOp::cpu_fwd`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer to column `j` of row 0. A method, so closures capture the whole
+    /// (Send) wrapper rather than its raw-pointer field.
+    fn at(self, j: usize) -> *mut f32 {
+        // SAFETY: callers pass j < n, within the m×n buffer.
+        unsafe { self.0.add(j) }
+    }
+}
 
 impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
@@ -211,24 +245,60 @@ impl CustomOp2 for LinearOp {
         let (x, w) = (&x[xo..xe], &w[wo..we]);
         let blas = blas().ok_or_else(|| candle_core::Error::Msg("BLAS went away".into()))?;
         let mut out = vec![0f32; m * n];
-        // SAFETY: x is m×k, w is n×k and out is m×n, all row-major and in bounds.
-        unsafe {
-            (blas.sgemm)(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                m as i32,
-                n as i32,
-                k as i32,
-                1.0,
-                x.as_ptr(),
-                k as i32,
-                w.as_ptr(),
-                k as i32,
-                0.0,
-                out.as_mut_ptr(),
-                n as i32,
-            );
+        // Output columns (weight rows) split into one block per thread: each thread packs
+        // only its share of the weight, and blocks write disjoint columns of `out`.
+        let threads = rayon::current_num_threads().max(1);
+        let block = n.div_ceil(threads).next_multiple_of(16).min(n);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let run = |j0: usize| {
+            let nb = block.min(n - j0);
+            // SAFETY: x is m×k, w is n×k and out is m×n, all row-major; this call reads
+            // rows j0..j0+nb of w and writes columns j0..j0+nb of out, which no other
+            // block writes.
+            unsafe {
+                if m == 1 {
+                    // One row (batch-1 decoding): a matrix-vector product, which streams
+                    // the weight once; gemm's packing would copy it first.
+                    (blas.sgemv)(
+                        ROW_MAJOR,
+                        NO_TRANS,
+                        nb as i32,
+                        k as i32,
+                        1.0,
+                        w.as_ptr().add(j0 * k),
+                        k as i32,
+                        x.as_ptr(),
+                        1,
+                        0.0,
+                        out_ptr.at(j0),
+                        1,
+                    );
+                    return;
+                }
+                (blas.sgemm)(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    TRANS,
+                    m as i32,
+                    nb as i32,
+                    k as i32,
+                    1.0,
+                    x.as_ptr(),
+                    k as i32,
+                    w.as_ptr().add(j0 * k),
+                    k as i32,
+                    0.0,
+                    out_ptr.at(j0),
+                    n as i32,
+                );
+            }
+        };
+        let starts: Vec<usize> = (0..n).step_by(block).collect();
+        if starts.len() == 1 {
+            run(0);
+        } else {
+            use rayon::prelude::*;
+            starts.into_par_iter().for_each(run);
         }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -242,25 +312,31 @@ mod tests {
 
     /// Where the machine has OpenBLAS (CI installs it) the BLAS path must give candle's
     /// products; without it, it must decline. Tensors autograd tracks, small
-    /// products and few-row products always take candle's path.
+    /// products always take candle's path. One row runs as a matrix-vector product, and
+    /// a width that does not split evenly across threads leaves a short last block.
     #[test]
     fn blas_products_match_candle_and_autograd_keeps_candles_matmul() {
         let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1f32, (1539, 576), &dev).unwrap();
         let x = Tensor::randn(0f32, 1f32, (70, 576), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1f32, (1536, 576), &dev).unwrap();
         let tracked = Var::from_tensor(&x).unwrap();
         assert!(linear_if_loaded(tracked.as_tensor(), &w).unwrap().is_none());
         let small = Tensor::ones((1, 8), candle_core::DType::F32, &dev).unwrap();
         assert!(linear_if_loaded(&small, &small).unwrap().is_none());
-        let few_rows = Tensor::ones((4, 576), candle_core::DType::F32, &dev).unwrap();
-        assert!(linear_if_loaded(&few_rows, &w).unwrap().is_none());
-        let Some(y) = linear_if_loaded(&x, &w).unwrap() else {
-            assert!(blas().is_none());
-            eprintln!("no OpenBLAS on this machine: candle's matmul runs");
-            return;
-        };
+        for rows in [1, 3, 70] {
+            let x = x.narrow(0, 0, rows).unwrap();
+            let Some(y) = linear_if_loaded(&x, &w).unwrap() else {
+                assert!(blas().is_none());
+                eprintln!("no OpenBLAS on this machine: candle's matmul runs");
+                return;
+            };
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            assert!(
+                max_diff(&y, &want) < 1e-3,
+                "{rows} rows: {}",
+                max_diff(&y, &want)
+            );
+        }
         eprintln!("BLAS: openblas ({})", blas().unwrap().core);
-        let want = x.matmul(&w.t().unwrap()).unwrap();
-        assert!(max_diff(&y, &want) < 1e-3, "{}", max_diff(&y, &want));
     }
 }

@@ -273,16 +273,30 @@ fn score_batch(
 }
 
 /// Summed log-probability of `cont` under `rows` `[n, vocab]`, and whether each token
-/// was the argmax.
+/// was the argmax. One pass per row for the maximum and one for the normaliser, rows in
+/// parallel: a full `log_softmax` would write and reread `n × vocab` values to use `n`.
 fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<LoglikResponse, ModelError> {
-    let rows = rows.to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&rows, D::Minus1)?;
-    let targets = Tensor::new(cont, logp.device())?.unsqueeze(1)?;
-    let picked = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
-    let greedy = rows.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    use rayon::prelude::*;
+    let vocab = rows.dim(D::Minus1)?;
+    let flat = rows.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let per_row: Vec<(f64, bool)> = flat
+        .par_chunks(vocab)
+        .zip(cont.par_iter())
+        .map(|(row, &target)| {
+            let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
+            for (j, &x) in row.iter().enumerate() {
+                if x > max {
+                    (best, max) = (j, x);
+                }
+            }
+            let z: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+            let lp = (row[target as usize] - max) as f64 - z.ln();
+            (lp, best == target as usize)
+        })
+        .collect();
     Ok(LoglikResponse {
-        logprob: picked.iter().map(|x| *x as f64).sum(),
-        is_greedy: greedy.iter().zip(cont).all(|(a, b)| a == b),
+        logprob: per_row.iter().map(|(lp, _)| lp).sum(),
+        is_greedy: per_row.iter().all(|(_, g)| *g),
         n_tokens: cont.len(),
     })
 }
