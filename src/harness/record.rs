@@ -188,7 +188,7 @@ fn metadata(
             Source::Artifact(p) => put(&k("artifact"), p.display().to_string()),
         }
         if let Some(man) = out.manifests.get(&iv.name) {
-            put(&k("kind"), format!("{:?}", man.kind).to_lowercase());
+            put(&k("kind"), man.kind.name().into());
             put(&k("sites"), man.sites.join(","));
             put(&k("tensors_sha256"), man.tensors_sha256.clone());
         }

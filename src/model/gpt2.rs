@@ -227,6 +227,7 @@ impl Gpt2 {
         x: &Tensor,
         offset: usize,
         kv: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
         hooks: &Hooks,
         cache: &mut ActivationCache,
     ) -> candle_core::Result<Tensor> {
@@ -243,27 +244,13 @@ impl Gpt2 {
         let q = q.transpose(1, 2)?.contiguous()?; // [b, h, t, dh]
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let pads = kv.as_ref().map(|kv| kv.pads().to_vec()).unwrap_or_default();
         let (k, v) = match kv {
             Some(kv) => kv.append(layer, k, v)?,
             None => (k, v),
         };
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
-        if !pads.is_empty() {
-            scores = scores.broadcast_add(&ops::padded_causal_mask(
-                t,
-                offset,
-                &pads,
-                scores.dtype(),
-                &self.device,
-            )?)?;
-        } else if t > 1 {
-            scores = scores.broadcast_add(&ops::causal_mask(
-                t,
-                offset,
-                scores.dtype(),
-                &self.device,
-            )?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
         }
         let pattern = ops::softmax_last_dim(&scores)?;
         let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
@@ -279,13 +266,14 @@ impl Gpt2 {
         resid: Tensor,
         offset: usize,
         kv: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
         hooks: &Hooks,
         cache: &mut ActivationCache,
     ) -> candle_core::Result<Tensor> {
         let blk = &self.blocks[l];
         let resid_pre = hooks.apply(HookPoint::ResidPre(l), resid, offset, cache)?;
         let h = ops::layer_norm(&resid_pre, &blk.ln1.w, &blk.ln1.b, self.cfg.eps)?;
-        let attn = self.attention(l, &h, offset, kv, hooks, cache)?;
+        let attn = self.attention(l, &h, offset, kv, mask, hooks, cache)?;
         let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, cache)?;
         let resid_mid = hooks.apply(HookPoint::ResidMid(l), (resid_pre + attn)?, offset, cache)?;
         let h = ops::layer_norm(&resid_mid, &blk.ln2.w, &blk.ln2.b, self.cfg.eps)?;
@@ -324,8 +312,17 @@ impl Gpt2 {
             None => tok.broadcast_add(&self.wpe.narrow(0, offset, t)?)?,
         }; // [b, t, d]
         let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
+        let mask = super::attention_mask(kv.as_deref(), t, offset, resid.dtype(), &self.device)?;
         for l in 0..self.cfg.n_layers {
-            resid = self.block(l, resid, offset, kv.as_deref_mut(), hooks, &mut cache)?;
+            resid = self.block(
+                l,
+                resid,
+                offset,
+                kv.as_deref_mut(),
+                mask.as_ref(),
+                hooks,
+                &mut cache,
+            )?;
         }
         let logits = match at {
             LogitsAt::All => self.unembed_inner(&resid)?,
@@ -370,8 +367,9 @@ impl Transformer for Gpt2 {
         layers: Range<usize>,
         hooks: &Hooks,
     ) -> Result<(Tensor, ActivationCache), ModelError> {
+        let mask = super::attention_mask(None, resid.dim(1)?, 0, resid.dtype(), &self.device)?;
         super::run_blocks(&self.info, resid, layers, hooks, |l, x, cache| {
-            self.block(l, x, 0, None, hooks, cache)
+            self.block(l, x, 0, None, mask.as_ref(), hooks, cache)
         })
     }
 

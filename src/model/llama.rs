@@ -216,6 +216,7 @@ impl Llama {
         x: &Tensor,
         offset: usize,
         kv: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
         hooks: &Hooks,
         cache: &mut ActivationCache,
     ) -> candle_core::Result<Tensor> {
@@ -228,7 +229,6 @@ impl Llama {
         let q = hooks.apply(HookPoint::AttnQ(layer), q, offset, cache)?;
         let k = hooks.apply(HookPoint::AttnK(layer), k, offset, cache)?;
         let v = hooks.apply(HookPoint::AttnV(layer), v, offset, cache)?;
-        let pads = kv.as_ref().map(|kv| kv.pads().to_vec()).unwrap_or_default();
         let rows = kv.as_ref().and_then(|kv| kv.row_positions(t, offset));
         let rope = |x: Tensor| match &rows {
             Some(pos) => self.rope.apply_rows(&x, pos),
@@ -247,12 +247,8 @@ impl Llama {
         let v = ops::repeat_kv(&v, rep)?.contiguous()?;
         let scale = 1.0 / (c.d_head as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?)? * scale)?; // [b, h, t, t_total]
-        if !pads.is_empty() {
-            let mask = ops::padded_causal_mask(t, offset, &pads, scores.dtype(), &self.device)?;
-            scores = scores.broadcast_add(&mask)?;
-        } else if t > 1 {
-            let mask = ops::causal_mask(t, offset, scores.dtype(), &self.device)?;
-            scores = scores.broadcast_add(&mask)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
         }
         let pattern = ops::softmax_last_dim(&scores)?;
         let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
@@ -286,13 +282,14 @@ impl Llama {
         resid: Tensor,
         offset: usize,
         kv: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
         hooks: &Hooks,
         cache: &mut ActivationCache,
     ) -> candle_core::Result<Tensor> {
         let blk = &self.blocks[l];
         let resid_pre = hooks.apply(HookPoint::ResidPre(l), resid, offset, cache)?;
         let h = ops::rms_norm(&resid_pre, &blk.ln1, self.cfg.rms_eps)?;
-        let attn = self.attention(l, &h, offset, kv, hooks, cache)?;
+        let attn = self.attention(l, &h, offset, kv, mask, hooks, cache)?;
         let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, cache)?;
         let resid_mid = hooks.apply(HookPoint::ResidMid(l), (resid_pre + attn)?, offset, cache)?;
         let h = ops::rms_norm(&resid_mid, &blk.ln2, self.cfg.rms_eps)?;
@@ -316,8 +313,17 @@ impl Llama {
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, self.cfg.d_model))?; // [b, t, d]
         let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
+        let mask = super::attention_mask(kv.as_deref(), t, offset, resid.dtype(), &self.device)?;
         for l in 0..self.cfg.n_layers {
-            resid = self.block(l, resid, offset, kv.as_deref_mut(), hooks, &mut cache)?;
+            resid = self.block(
+                l,
+                resid,
+                offset,
+                kv.as_deref_mut(),
+                mask.as_ref(),
+                hooks,
+                &mut cache,
+            )?;
         }
         let logits = match at {
             LogitsAt::All => self.unembed_inner(&resid)?,
@@ -361,8 +367,9 @@ impl Transformer for Llama {
         layers: Range<usize>,
         hooks: &Hooks,
     ) -> Result<(Tensor, ActivationCache), ModelError> {
+        let mask = super::attention_mask(None, resid.dim(1)?, 0, resid.dtype(), &self.device)?;
         super::run_blocks(&self.info, resid, layers, hooks, |l, x, cache| {
-            self.block(l, x, 0, None, hooks, cache)
+            self.block(l, x, 0, None, mask.as_ref(), hooks, cache)
         })
     }
 

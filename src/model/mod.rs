@@ -258,6 +258,23 @@ pub(crate) fn check_call(
     Ok(())
 }
 
+/// The additive attention mask of a call of `t` tokens at `offset`, built once for all
+/// layers: causal, with a left-padded cache's padding masked; `None` when nothing is
+/// masked (one new token, no padding).
+pub(crate) fn attention_mask(
+    kv: Option<&KvCache>,
+    t: usize,
+    offset: usize,
+    dtype: candle_core::DType,
+    dev: &Device,
+) -> candle_core::Result<Option<Tensor>> {
+    match kv.filter(|kv| !kv.pads.is_empty()) {
+        Some(kv) => ops::padded_causal_mask(t, offset, &kv.pads, dtype, dev).map(Some),
+        None if t > 1 => ops::causal_mask(t, offset, dtype, dev).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// [`Transformer::forward_blocks`] for an architecture whose `block(l, x, cache)` runs
 /// block `l` at positions from 0 without a KV cache.
 pub(crate) fn run_blocks(

@@ -62,8 +62,9 @@ pub fn score_responses(
         })
         .collect();
     let mut out: Vec<Vec<LoglikResponse>> = vec![Vec::new(); items.len()];
-    // Whole items per chunk, so that the choices of one item share their context.
-    let chunk = cx.batch_size.max(1) * 4;
+    // Whole items per chunk, so that the choices of one item share their context, and
+    // enough of them that ordering them by length leaves batches little padding.
+    let chunk = cx.batch_size.max(1) * 16;
     let mut start = 0;
     while start < reqs.len() {
         let mut end = (start + chunk).min(reqs.len());
