@@ -825,56 +825,84 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
         trials::list(&suite, &sel, &trials::arguments(format, true));
         return Ok(ExitCode::SUCCESS);
     }
-    let model = load(&ModelArgs {
-        model: a.model.clone().unwrap_or_else(|| suite.model.clone()),
-        device: a.device.clone(),
-    })?;
+    let models = match &a.model {
+        Some(m) => vec![m.clone()],
+        None => suite.models.clone(),
+    };
+    let several = models.len() > 1;
+    let dev = device(&a.device)?;
     let bar = spinner(format!("{}: loading", suite.name));
     let mut last = String::new();
-    let (out, stored) = scalpel::harness::run_stored(&suite, &model, &sel, &a.runs, |p| {
-        let msg = match &p {
-            RunProgress::Fitting { intervention } => format!("fitting {intervention}"),
-            RunProgress::Task {
-                intervention,
-                task,
-                done,
-                total,
-            } => format!("{intervention}::{task} {done}/{total}"),
-            RunProgress::Tracing { index, done, total } => {
-                format!("trace[{index}] {done}/{total}")
+    let multi = scalpel::harness::run_models(
+        &suite,
+        &models,
+        &sel,
+        &a.runs,
+        |m| {
+            if let Some(b) = &bar {
+                b.set_message(format!("loading {m}"));
+            } else if several {
+                eprintln!("{}: loading {m}", suite.name);
             }
-        };
-        match &bar {
-            Some(b) => b.set_message(msg),
-            None => {
-                // Off a terminal: one line per stage (the message less its d/t count).
-                let stage = match msg.rsplit_once(' ') {
-                    Some((head, count)) if count.contains('/') => head.to_string(),
-                    _ => msg.clone(),
-                };
-                if stage != last {
-                    eprintln!("{}: {msg}", suite.name);
-                    last = stage;
+            LoadedModel::load(m, &dev)
+        },
+        |m, p| {
+            let msg = match &p {
+                RunProgress::Fitting { intervention } => format!("fitting {intervention}"),
+                RunProgress::Task {
+                    intervention,
+                    task,
+                    done,
+                    total,
+                } => format!("{intervention}::{task} {done}/{total}"),
+                RunProgress::Tracing { index, done, total } => {
+                    format!("trace[{index}] {done}/{total}")
+                }
+            };
+            let msg = if several { format!("{m}: {msg}") } else { msg };
+            match &bar {
+                Some(b) => b.set_message(msg),
+                None => {
+                    // Off a terminal: one line per stage (the message less its d/t count).
+                    let stage = match msg.rsplit_once(' ') {
+                        Some((head, count)) if count.contains('/') => head.to_string(),
+                        _ => msg.clone(),
+                    };
+                    if stage != last {
+                        eprintln!("{}: {msg}", suite.name);
+                        last = stage;
+                    }
                 }
             }
-        }
-    })?;
+        },
+    )?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let all = multi.trials();
     if let Some(path) = &a.junit {
-        trials::write_junit(&suite, &out.trials, path)
+        trials::write_junit(&suite, &all, path)
             .with_context(|| format!("--junit {}", path.display()))?;
     }
-    let conclusion = trials::report(&suite, &out.trials, &trials::arguments(format, false));
+    let conclusion = trials::report(&suite, &all, &trials::arguments(format, false));
     if format != Format::Json {
-        println!(
-            "run stored in {} ({} parts computed, {} resumed); report: {}",
-            stored.dir.display(),
-            out.parts.computed,
-            out.parts.reused,
-            stored.report.display()
-        );
+        for r in &multi.runs {
+            println!(
+                "{}run stored in {} ({} parts computed, {} resumed); report: {}",
+                if several {
+                    format!("{}: ", r.model)
+                } else {
+                    String::new()
+                },
+                r.stored.dir.display(),
+                r.out.parts.computed,
+                r.out.parts.reused,
+                r.stored.report.display()
+            );
+        }
+        for c in &multi.comparisons {
+            println!("models compared item by item: {}", c.display());
+        }
     }
     Ok(trials::exit_code(&conclusion))
 }

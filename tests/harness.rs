@@ -99,6 +99,29 @@ fn suite_errors_name_the_file_line_and_yaml_path() {
             format!("{GOOD}traces:\n  - {{prompt: a b, subject: a, kind: heads}}\n"),
             vec!["s.yaml:9:", "traces[0]", "heads"],
         ),
+        (
+            format!("model: a\nmodels: [b, c]\n{GOOD}"),
+            vec!["s.yaml:2:", "models", "not both"],
+        ),
+        (
+            format!("models: [b, b]\n{GOOD}"),
+            vec!["s.yaml:1:", "models", "'b'"],
+        ),
+        (
+            GOOD.replace("artifact: steer}", "artifact: steer, transfer: sideways}"),
+            vec![
+                "s.yaml:3:",
+                "interventions[1].transfer",
+                "same_sites or by_depth",
+            ],
+        ),
+        (
+            GOOD.replace(
+                "{name: steer, artifact: steer}",
+                "{name: steer, fit: f.yaml, transfer: by_depth}",
+            ),
+            vec!["s.yaml:3:", "interventions[1].transfer", "artifact"],
+        ),
     ] {
         let e = Suite::parse(&f, &body).unwrap_err().to_string();
         for n in needles {
@@ -108,9 +131,31 @@ fn suite_errors_name_the_file_line_and_yaml_path() {
 }
 
 #[test]
+fn a_suite_of_several_models_names_each_models_trials_after_it() {
+    let f = tempfile::tempdir().unwrap().path().join("s.yaml");
+    let s = Suite::parse(&f, &format!("models: [alpha, beta]\n{GOOD}")).unwrap();
+    assert_eq!(s.models, vec!["alpha", "beta"]);
+    assert_eq!(
+        s.trial_names(),
+        vec!["alpha::steer::copa::acc", "beta::steer::copa::acc"]
+    );
+    assert_eq!(
+        s.for_model("beta").trial_names(),
+        vec!["beta::steer::copa::acc"]
+    );
+    assert_eq!(s.for_model("beta").model, "beta");
+    // One model, run on another with --model: names unchanged.
+    let one = Suite::parse(&f, GOOD).unwrap();
+    assert_eq!(
+        one.for_model("other").trial_names(),
+        vec!["steer::copa::acc"]
+    );
+}
+
+#[test]
 fn the_shipped_suites_parse_and_list_their_trials() {
     let root = common::repo_root();
-    for name in ["smoke", "smollm2-detox"] {
+    for name in ["smoke", "smollm2-detox", "compare-models"] {
         let path = root.join(format!("suites/{name}.yaml"));
         let s = Suite::read(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(!s.trial_names().is_empty());

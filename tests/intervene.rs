@@ -171,6 +171,92 @@ fn saved_and_reloaded_interventions_give_identical_logits() {
     }
 }
 
+/// A copy of the tiny GPT-2 with other weights: `layers` blocks (the fixture's blocks
+/// repeated) and every weight scaled by 1.01, so its fingerprint differs.
+fn tiny_gpt2_variant(dir: &std::path::Path, layers: usize) -> LoadedModel {
+    use scalpel::model::source::LocalModel;
+    let src = common::tiny_gpt2_dir();
+    let ts = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut out = std::collections::HashMap::new();
+    for (name, t) in &ts {
+        let t = (t * 1.01).unwrap();
+        match name.strip_prefix("transformer.h.") {
+            Some(rest) => {
+                let (l, tail) = rest.split_once('.').unwrap();
+                let l: usize = l.parse().unwrap();
+                for k in (l..layers).step_by(2) {
+                    out.insert(format!("transformer.h.{k}.{tail}"), t.clone());
+                }
+            }
+            None => {
+                out.insert(name.clone(), t);
+            }
+        }
+    }
+    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let cfg = cfg.replace("\"n_layer\": 2", &format!("\"n_layer\": {layers}"));
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    LoadedModel::load_local(
+        "tiny-gpt2-variant",
+        &LocalModel::HfDir(dir.into()),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_artefact_moves_to_another_model_only_by_a_declared_mapping_its_shapes_allow() {
+    use scalpel::intervene::artifact::Transfer;
+    let tiny = common::tiny_gpt2();
+    let d = tiny.model.info().d_model;
+    let v = randn(&[d], 5);
+    let iv = Intervention::Offset {
+        alpha: 1.0,
+        sites: vec![(HookPoint::ResidPost(1), v.clone())],
+    };
+    let art = tempfile::tempdir().unwrap();
+    artifact::save(art.path(), &iv, &tiny, &Provenance::default()).unwrap();
+    let sites = |r: Result<(Intervention, artifact::Manifest), ArtifactError>| match r.unwrap().0 {
+        Intervention::Offset { sites, .. } => sites,
+        other => panic!("expected an offset, got {}", other.kind()),
+    };
+
+    // Another version of the same shapes: refused unless declared, then the same sites.
+    let same = tempfile::tempdir().unwrap();
+    let variant = tiny_gpt2_variant(same.path(), 2);
+    assert!(matches!(
+        artifact::load_onto(art.path(), &variant, None),
+        Err(ArtifactError::WrongModel { .. })
+    ));
+    for t in [Transfer::SameSites, Transfer::ByDepth] {
+        let s = sites(artifact::load_onto(art.path(), &variant, Some(t)));
+        assert_eq!(s[0].0, HookPoint::ResidPost(1), "{t:?}");
+        assert_eq!(common::max_abs_diff(&s[0].1, &v), 0.0);
+    }
+
+    // Twice as deep: same_sites is refused, by_depth moves the last layer to the last.
+    let deep = tempfile::tempdir().unwrap();
+    let deeper = tiny_gpt2_variant(deep.path(), 4);
+    let e = artifact::load_onto(art.path(), &deeper, Some(Transfer::SameSites))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 layers") && e.contains("has 4"), "{e}");
+    let s = sites(artifact::load_onto(
+        art.path(),
+        &deeper,
+        Some(Transfer::ByDepth),
+    ));
+    assert_eq!(s[0].0, HookPoint::ResidPost(3));
+
+    // Another width: no mapping applies it.
+    let e = artifact::load_onto(art.path(), common::smollm2(), Some(Transfer::ByDepth))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("width 64") && e.contains("width 576"), "{e}");
+}
+
 #[test]
 fn an_artefact_refuses_another_model_and_corrupt_tensors() {
     let m = common::smollm2();
@@ -395,7 +481,8 @@ fn the_site_sweep_ranks_layers_by_measured_selectivity() {
     let m = common::smollm2();
     let c = contrast();
     let cfg = SelectConfig {
-        layers: [2, 14],
+        layers: Some([2, 14]),
+        depth: None,
         stride: 6,
         top: 2,
         heldout: 2,

@@ -13,7 +13,7 @@ pub mod suite;
 pub mod trials;
 
 pub use run::{run, HarnessError, RunOutput, RunProgress, Selection, TrialResult};
-pub use session::{run_stored, Stored};
+pub use session::{run_models, run_stored, ModelRun, MultiRun, Stored};
 pub use suite::{Suite, SuiteError};
 
 /// Run a suite as a `harness = false` test target of a user's own crate:
@@ -33,8 +33,8 @@ pub use suite::{Suite, SuiteError};
 ///
 /// `cargo test --test safety [FILTER] [-- --exact --list --skip PAT --format json]` then
 /// behaves as `scalpel test SUITE` does: libtest's arguments, exit 101 on a failed gate,
-/// exit 2 (with the error on stderr) on a bad suite or a failed run. The model is the
-/// suite's, on the CPU unless `SCALPEL_DEVICE` says otherwise; the run is stored (and
+/// exit 2 (with the error on stderr) on a bad suite or a failed run. The models are the
+/// suite's (each run in turn, and compared item by item), on the CPU unless `SCALPEL_DEVICE` says otherwise; the run is stored (and
 /// resumed) under `reports/runs` of the working directory unless `SCALPEL_RUNS` names
 /// another, with its HTML report beside its tables.
 pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
@@ -58,20 +58,30 @@ pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
         return ExitCode::SUCCESS;
     }
     let device = std::env::var("SCALPEL_DEVICE").unwrap_or_else(|_| "cpu".into());
-    let model = match crate::model::loaded::device(&device)
-        .and_then(|d| crate::model::LoadedModel::load(&suite.model, &d))
-    {
-        Ok(m) => m,
+    let dev = match crate::model::loaded::device(&device) {
+        Ok(d) => d,
         Err(e) => return bad(&e),
     };
     let runs = std::env::var_os("SCALPEL_RUNS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "reports/runs".into());
-    let (out, stored) = match run_stored(&suite, &model, &sel, &runs, |_| {}) {
+    let multi = match run_models(
+        &suite,
+        &suite.models,
+        &sel,
+        &runs,
+        |m| crate::model::LoadedModel::load(m, &dev),
+        |_, _| {},
+    ) {
         Ok(o) => o,
         Err(e) => return bad(&e),
     };
-    eprintln!("report: {}", stored.report.display());
+    for r in &multi.runs {
+        eprintln!("report: {}", r.stored.report.display());
+    }
+    for c in &multi.comparisons {
+        eprintln!("models compared: {}", c.display());
+    }
     // The selection is applied already; libtest must not filter again on names that now
     // carry their estimates.
     let shown = libtest_mimic::Arguments {
@@ -80,5 +90,5 @@ pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
         exact: false,
         ..args
     };
-    trials::exit_code(&trials::report(&suite, &out.trials, &shown))
+    trials::exit_code(&trials::report(&suite, &multi.trials(), &shown))
 }

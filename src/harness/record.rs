@@ -16,6 +16,9 @@ pub struct RunInfo {
     pub model_name: String,
     pub model_path: String,
     pub model_fingerprint: String,
+    /// Architecture and depth, so that runs of different models line up by depth.
+    pub model_arch: String,
+    pub model_layers: usize,
     pub device: String,
     pub selection: String,
     /// sha256 of the executable that ran.
@@ -167,6 +170,8 @@ fn metadata(
     put("model", info.model_name.clone());
     put("model_path", info.model_path.clone());
     put("model_sha256", info.model_fingerprint.clone());
+    put("model_arch", info.model_arch.clone());
+    put("model_layers", info.model_layers.to_string());
     put("device", info.device.clone());
     put("seed", suite.seed.to_string());
     put("alpha", suite.alpha.to_string());

@@ -37,6 +37,11 @@ pub enum HarnessError {
         task: TaskId,
         source: Box<TaskError>,
     },
+    #[error("model '{model}': {source}")]
+    Model {
+        model: String,
+        source: Box<crate::model::ModelError>,
+    },
     #[error("{task}: scorer: {message}")]
     Scorer { task: TaskId, message: String },
     #[error("report: {message}")]
@@ -167,11 +172,12 @@ pub fn run(
                 fit.intervention
             }
             Source::Artifact(dir) => {
-                let (iv, m) =
-                    artifact::load(dir, model).map_err(|source| HarnessError::Artifact {
+                let (iv, m) = artifact::load_onto(dir, model, spec.transfer).map_err(|source| {
+                    HarnessError::Artifact {
                         name: spec.name.clone(),
                         source: Box::new(source),
-                    })?;
+                    }
+                })?;
                 manifests.insert(spec.name.clone(), m);
                 iv
             }

@@ -64,6 +64,8 @@ pub fn run_stored(
         model_name: model.name.clone(),
         model_path: model.path.display().to_string(),
         model_fingerprint: fingerprint,
+        model_arch: model.model.info().arch.to_string(),
+        model_layers: model.model.info().n_layers,
         device,
         selection: describe(sel),
         build,
@@ -81,6 +83,99 @@ pub fn run_stored(
             report,
         },
     ))
+}
+
+/// One model's stored run of a suite.
+#[derive(Debug)]
+pub struct ModelRun {
+    pub model: String,
+    pub out: RunOutput,
+    pub stored: Stored,
+}
+
+/// What [`run_models`] did: each model's run, and the pages comparing every later
+/// model's run with the first's.
+#[derive(Debug)]
+pub struct MultiRun {
+    pub runs: Vec<ModelRun>,
+    pub comparisons: Vec<PathBuf>,
+}
+
+impl MultiRun {
+    /// Every model's trials, model by model.
+    pub fn trials(&self) -> Vec<super::run::TrialResult> {
+        self.runs
+            .iter()
+            .flat_map(|r| r.out.trials.iter().cloned())
+            .collect()
+    }
+}
+
+/// Run `suite` on each of `models` in turn: each is loaded (by `load`), run and stored
+/// as its own run (its own fits, its own Holm family: each model is its own sign-off),
+/// then dropped before the next loads. A model none of whose trials the selection
+/// admits is not loaded. With more than one run, each later run is compared with the
+/// first item by item ([`crate::report::compare`]: paired on dataset ids) and the page
+/// is written beside the runs.
+pub fn run_models(
+    suite: &Suite,
+    models: &[String],
+    sel: &Selection,
+    runs: &Path,
+    mut load: impl FnMut(&str) -> Result<LoadedModel, crate::model::ModelError>,
+    mut progress: impl FnMut(&str, RunProgress),
+) -> Result<MultiRun, HarnessError> {
+    let mut done = Vec::new();
+    for m in models {
+        let one = suite.for_model(m);
+        if !one.trial_names().iter().any(|n| sel.admits(n)) {
+            continue;
+        }
+        let model = load(m).map_err(|source| HarnessError::Model {
+            model: m.clone(),
+            source: Box::new(source),
+        })?;
+        let (out, stored) = run_stored(&one, &model, sel, runs, |p| progress(m, p))?;
+        done.push(ModelRun {
+            model: m.clone(),
+            out,
+            stored,
+        });
+    }
+    let mut comparisons = Vec::new();
+    if let Some((first, rest)) = done.split_first() {
+        let read = |d: &Path| {
+            crate::store::tables::Run::read(d).map_err(|e| HarnessError::Report {
+                message: e.to_string(),
+            })
+        };
+        let a = read(&first.stored.dir)?;
+        for r in rest {
+            let b = read(&r.stored.dir)?;
+            let cs = crate::report::compare::compare(&a, &b, suite.alpha);
+            let html = crate::report::compare::render(&a, &b, suite.alpha, &cs).map_err(|e| {
+                HarnessError::Report {
+                    message: e.to_string(),
+                }
+            })?;
+            let name = |d: &Path| {
+                d.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            let path = runs.join(format!(
+                "compare-{}-vs-{}.html",
+                name(&first.stored.dir),
+                name(&r.stored.dir)
+            ));
+            store::write_atomic(&path, html.as_bytes()).map_err(store_err("comparison"))?;
+            comparisons.push(path);
+        }
+    }
+    Ok(MultiRun {
+        runs: done,
+        comparisons,
+    })
 }
 
 /// The suite's causal traces of the unmodified model, each saved as `traces/<i>.json`

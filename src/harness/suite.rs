@@ -52,6 +52,10 @@ struct RawSuite {
     name: Option<String>,
     #[serde(default)]
     model: Option<String>,
+    /// Several models: the suite runs on each (its own fits, runs and verdicts), and the
+    /// runs are compared item by item.
+    #[serde(default)]
+    models: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     seed: u64,
     #[serde(default = "default_alpha")]
@@ -102,6 +106,9 @@ struct RawIntervention {
     fit: Option<PathBuf>,
     #[serde(default)]
     artifact: Option<PathBuf>,
+    /// Apply an artefact fitted on another model (`same_sites` or `by_depth`).
+    #[serde(default)]
+    transfer: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +183,9 @@ pub enum Source {
 pub struct InterventionSpec {
     pub name: String,
     pub source: Source,
+    /// How an artefact fitted on another model applies to this one (none: it must be
+    /// the same model).
+    pub transfer: Option<crate::intervene::artifact::Transfer>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,12 +208,19 @@ pub struct GateSpec {
     pub gate: crate::stats::gate::Gate,
     /// The interventions it is tested on, in suite order.
     pub interventions: Vec<String>,
+    /// In a suite of several models, the model this copy of the gate runs on: its trial
+    /// names start with it.
+    pub model: Option<String>,
 }
 
 impl GateSpec {
-    /// One trial per intervention: `intervention::task::metric`.
+    /// One trial per intervention: `intervention::task::metric`, after `model::` in a
+    /// suite of several models.
     pub fn trial_name(&self, intervention: &str) -> String {
-        format!("{intervention}::{}::{}", self.task, self.metric)
+        match &self.model {
+            Some(m) => format!("{m}::{intervention}::{}::{}", self.task, self.metric),
+            None => format!("{intervention}::{}::{}", self.task, self.metric),
+        }
     }
 }
 
@@ -212,7 +229,10 @@ impl GateSpec {
 pub struct Suite {
     pub path: PathBuf,
     pub name: String,
+    /// The model it runs on (the first of `models`).
     pub model: String,
+    /// Every model it runs on, in order (one, unless the suite lists `models:`).
+    pub models: Vec<String>,
     pub seed: u64,
     pub alpha: f64,
     pub reference: String,
@@ -391,7 +411,27 @@ impl Suite {
                 (Some(f), None) => Source::Fit(base.join(f)),
                 (None, Some(a)) => Source::Artifact(base.join(a)),
             };
-            interventions.push(InterventionSpec { name, source });
+            let transfer = match (&iv.transfer, &source) {
+                (None, _) => None,
+                (Some(t), Source::Artifact(_)) => Some(
+                    t.value
+                        .parse()
+                        .map_err(|m: String| err(&t.referenced, format!("{at}.transfer"), m))?,
+                ),
+                (Some(t), _) => {
+                    return Err(err(
+                        &t.referenced,
+                        format!("{at}.transfer"),
+                        "transfer applies to an artifact: a fit is fitted on the model itself"
+                            .into(),
+                    ))
+                }
+            };
+            interventions.push(InterventionSpec {
+                name,
+                source,
+                transfer,
+            });
         }
         if interventions.is_empty() {
             return Err(err(
@@ -588,6 +628,7 @@ impl Suite {
                 metric,
                 gate,
                 interventions: names,
+                model: None,
             });
         }
         if gates.is_empty() {
@@ -597,6 +638,39 @@ impl Suite {
                 "at least one gate".into(),
             ));
         }
+        let models = match (raw.model, raw.models) {
+            (Some(_), Some(list)) => {
+                return Err(err(
+                    &list.referenced,
+                    "models".into(),
+                    "give model: or models:, not both".into(),
+                ))
+            }
+            (Some(m), None) => vec![m],
+            (None, None) => vec![crate::model::source::DEFAULT_MODEL.to_string()],
+            (None, Some(list)) => {
+                let mut v: Vec<String> = Vec::new();
+                for m in &list.value {
+                    let m = m.trim().to_string();
+                    if m.is_empty() || m.contains("::") || v.contains(&m) {
+                        return Err(err(
+                            &list.referenced,
+                            "models".into(),
+                            format!("'{m}': each model is named once, without '::'"),
+                        ));
+                    }
+                    v.push(m);
+                }
+                if v.is_empty() {
+                    return Err(err(
+                        &list.referenced,
+                        "models".into(),
+                        "at least one model".into(),
+                    ));
+                }
+                v
+            }
+        };
         Ok(Suite {
             path: path.to_path_buf(),
             name: raw.name.unwrap_or_else(|| {
@@ -605,9 +679,8 @@ impl Suite {
                     .unwrap_or("suite")
                     .to_string()
             }),
-            model: raw
-                .model
-                .unwrap_or_else(|| crate::model::source::DEFAULT_MODEL.to_string()),
+            model: models[0].clone(),
+            models,
             seed: raw.seed,
             alpha: raw.alpha,
             reference,
@@ -618,11 +691,32 @@ impl Suite {
         })
     }
 
-    /// Every trial name, in suite order.
+    /// Every trial name, in suite order (model by model in a suite of several).
     pub fn trial_names(&self) -> Vec<String> {
+        if self.models.len() > 1 && self.gates.iter().all(|g| g.model.is_none()) {
+            return self
+                .models
+                .iter()
+                .flat_map(|m| self.for_model(m).trial_names())
+                .collect();
+        }
         self.gates
             .iter()
             .flat_map(|g| g.interventions.iter().map(|i| g.trial_name(i)))
             .collect()
+    }
+
+    /// This suite on `model` alone. A suite of several models names each copy's trials
+    /// after its model (`model::intervention::task::metric`); a one-model suite run on
+    /// another model (`--model`) keeps its names.
+    pub fn for_model(&self, model: &str) -> Suite {
+        let prefix = (self.models.len() > 1).then(|| model.to_string());
+        let mut s = self.clone();
+        s.model = model.to_string();
+        s.models = vec![model.to_string()];
+        for g in &mut s.gates {
+            g.model = prefix.clone();
+        }
+        s
     }
 }

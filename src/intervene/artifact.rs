@@ -33,7 +33,8 @@ pub enum ArtifactError {
     Tensors { path: PathBuf, message: String },
     #[error(
         "{path}: fitted on model '{fitted_name}' (fingerprint {fitted}), not on '{name}' \
-         (fingerprint {actual}); refit it on this model"
+         (fingerprint {actual}); refit it on this model, or declare a transfer if the models' \
+         shapes allow one"
     )]
     WrongModel {
         path: PathBuf,
@@ -42,6 +43,31 @@ pub enum ArtifactError {
         name: String,
         actual: String,
     },
+}
+
+/// How an artefact fitted on one model may be applied to another. Without one, another
+/// model is an error; with one, the shapes must still allow it (the same width, and for
+/// `same_sites` the same depth), since a vector of one model's residual stream means
+/// nothing in a stream of another width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transfer {
+    /// The same sites: another version of the same architecture (a fine-tune, a
+    /// re-quantization).
+    SameSites,
+    /// Each site moved to the layer at the same fraction of the other model's depth.
+    ByDepth,
+}
+
+impl std::str::FromStr for Transfer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "same_sites" => Ok(Transfer::SameSites),
+            "by_depth" => Ok(Transfer::ByDepth),
+            _ => Err(format!("transfer '{s}' is not same_sites or by_depth")),
+        }
+    }
 }
 
 /// The model an intervention was fitted on.
@@ -272,18 +298,64 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, ArtifactError> {
 /// Load the artifact in `dir` for `model`: the model must be the one it was fitted on,
 /// and the tensors must hash to what the manifest says.
 pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest), ArtifactError> {
-    let m = read_manifest(dir)?;
+    load_onto(dir, model, None)
+}
+
+/// [`load`], or, with a declared `transfer`, onto another model whose shapes allow it:
+/// the sites are mapped as the transfer says and every tensor is checked against this
+/// model's shapes.
+pub fn load_onto(
+    dir: &Path,
+    model: &LoadedModel,
+    transfer: Option<Transfer>,
+) -> Result<(Intervention, Manifest), ArtifactError> {
+    let mut m = read_manifest(dir)?;
     let mpath = dir.join(MANIFEST);
     let actual = model_fingerprint(model)?;
-    if actual != m.model.fingerprint {
-        return Err(ArtifactError::WrongModel {
-            path: mpath,
-            fitted_name: m.model.name.clone(),
-            fitted: short(&m.model.fingerprint),
-            name: model.name.clone(),
-            actual: short(&actual),
-        });
-    }
+    let info = model.model.info();
+    let transferred = actual != m.model.fingerprint;
+    let map_layer: Box<dyn Fn(usize) -> usize> = match (actual == m.model.fingerprint, transfer) {
+        (true, _) => Box::new(|l| l),
+        (false, None) => {
+            return Err(ArtifactError::WrongModel {
+                path: mpath,
+                fitted_name: m.model.name.clone(),
+                fitted: short(&m.model.fingerprint),
+                name: model.name.clone(),
+                actual: short(&actual),
+            })
+        }
+        (false, Some(t)) => {
+            let (from, to) = (m.model.n_layers, info.n_layers);
+            if m.model.d_model != info.d_model {
+                return Err(ArtifactError::Manifest {
+                    path: mpath,
+                    message: format!(
+                        "transfer {t:?}: fitted on '{}' with width {}, '{}' has width {}; \
+                         no mapping carries a residual-stream edit across widths",
+                        m.model.name, m.model.d_model, model.name, info.d_model
+                    ),
+                });
+            }
+            match t {
+                Transfer::SameSites if from != to => {
+                    return Err(ArtifactError::Manifest {
+                        path: mpath,
+                        message: format!(
+                            "transfer same_sites: fitted on {from} layers, '{}' has {to}; \
+                             use by_depth",
+                            model.name
+                        ),
+                    })
+                }
+                Transfer::SameSites => Box::new(|l| l),
+                Transfer::ByDepth => Box::new(move |l| {
+                    let f = l as f64 / (from.max(2) - 1) as f64;
+                    (f * (to.max(1) - 1) as f64).round() as usize
+                }),
+            }
+        }
+    };
     let tpath = dir.join(TENSORS);
     let mut h = Sha256::new();
     hash_file(&tpath, &mut h)?;
@@ -305,10 +377,22 @@ pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest),
         path: mpath.clone(),
         message,
     };
+    // Tensors are stored under the sites they were fitted at; `sites` pairs each with
+    // where it applies on this model.
     let mut sites = Vec::with_capacity(m.sites.len());
     for s in &m.sites {
         let p: HookPoint = s.parse().map_err(|e| bad(format!("sites: {e}")))?;
-        sites.push(p);
+        let here = match p.layer() {
+            Some(l) => p.with_layer(map_layer(l)),
+            None => p,
+        };
+        if here.layer().is_some_and(|l| l >= info.n_layers) {
+            return Err(bad(format!(
+                "sites: {s} is past the last layer of '{}' ({} layers)",
+                model.name, info.n_layers
+            )));
+        }
+        sites.push((p, here));
     }
     let mut take = |name: String| {
         tensors
@@ -331,7 +415,7 @@ pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest),
                 .ablate_mode
                 .ok_or_else(|| bad("ablate_mode: missing for kind ablate".into()))?;
             let mut v = Vec::new();
-            for p in &sites {
+            for (p, here) in &sites {
                 let t = match mode {
                     AblateMode::Zero => None,
                     _ => {
@@ -339,7 +423,7 @@ pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest),
                         Some(vector(take(name.clone())?, &name)?)
                     }
                 };
-                v.push((*p, t));
+                v.push((*here, t));
             }
             Intervention::Ablate { mode, sites: v }
         }
@@ -348,15 +432,15 @@ pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest),
                 .alpha
                 .ok_or_else(|| bad("alpha: missing for kind offset".into()))?;
             let mut v = Vec::new();
-            for p in &sites {
+            for (p, here) in &sites {
                 let name = format!("{p}.vector");
-                v.push((*p, vector(take(name.clone())?, &name)?));
+                v.push((*here, vector(take(name.clone())?, &name)?));
             }
             Intervention::Offset { alpha, sites: v }
         }
         Kind::LowRank => {
             let mut v = Vec::new();
-            for p in &sites {
+            for (p, here) in &sites {
                 let e = LowRankEdit {
                     r: take(format!("{p}.R"))?,
                     w: take(format!("{p}.W"))?,
@@ -364,7 +448,7 @@ pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest),
                 };
                 e.check(d)
                     .map_err(|msg| tensors_err(&tpath, format!("{p}: {msg}")))?;
-                v.push((*p, e));
+                v.push((*here, e));
             }
             Intervention::LowRank { sites: v }
         }
@@ -372,9 +456,8 @@ pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest),
             let scale = m
                 .lora_scale
                 .ok_or_else(|| bad("lora_scale: missing for kind lora".into()))?;
-            let info = model.model.info();
             let mut v = Vec::new();
-            for p in &sites {
+            for (p, here) in &sites {
                 let d_in = match p {
                     HookPoint::MlpOut(_) => info.d_mlp,
                     HookPoint::AttnOut(_) => info.n_heads * info.d_head,
@@ -391,11 +474,16 @@ pub fn load(dir: &Path, model: &LoadedModel) -> Result<(Intervention, Manifest),
                 };
                 e.check(d_in, d)
                     .map_err(|msg| tensors_err(&tpath, format!("{p}: {msg}")))?;
-                v.push((*p, e));
+                v.push((*here, e));
             }
             Intervention::Lora { sites: v }
         }
     };
+    if transferred {
+        // The manifest still names the model it was fitted on; its sites say where the
+        // edit now applies.
+        m.sites = sites.iter().map(|(_, here)| here.to_string()).collect();
+    }
     Ok((iv, m))
 }
 

@@ -18,7 +18,13 @@ use crate::trace::activations::encode_all;
 #[serde(deny_unknown_fields)]
 pub struct SelectConfig {
     /// First and last candidate layer (inclusive).
-    pub layers: [usize; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<[usize; 2]>,
+    /// The same as fractions of depth (0 the first layer, 1 the last), so that one fit
+    /// config serves models of different depths: `[0.15, 0.8]` is layers 4–23 of 30 and
+    /// 3–14 of 18. Give `layers` or `depth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<[f64; 2]>,
     #[serde(default = "one")]
     pub stride: usize,
     /// How many layers to keep.
@@ -27,6 +33,25 @@ pub struct SelectConfig {
     /// Texts of each kind held out of the means to measure the effect on.
     #[serde(default = "default_heldout")]
     pub heldout: usize,
+}
+
+impl SelectConfig {
+    /// First and last candidate layer of a model with `n_layers` layers.
+    pub fn candidate_layers(&self, n_layers: usize) -> Result<[usize; 2], FitError> {
+        match (self.layers, self.depth) {
+            (Some(l), None) => Ok(l),
+            (None, Some([a, b])) if (0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b) => {
+                let at = |f: f64| (f * (n_layers.saturating_sub(1)) as f64).round() as usize;
+                Ok([at(a), at(b)])
+            }
+            (None, Some(d)) => Err(FitError::Invalid(format!(
+                "select: depth {d:?} must be two fractions in [0, 1]"
+            ))),
+            _ => Err(FitError::Invalid(
+                "select: give layers: [FIRST, LAST] or depth: [FROM, TO], one of them".into(),
+            )),
+        }
+    }
 }
 
 fn one() -> usize {
@@ -59,7 +84,7 @@ pub fn select_sites(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<HookPoint>, Vec<SiteEffect>), FitError> {
     let n_layers = model.model.info().n_layers;
-    let [lo, hi] = cfg.layers;
+    let [lo, hi] = cfg.candidate_layers(n_layers)?;
     if lo > hi || hi >= n_layers || cfg.stride == 0 || cfg.top == 0 {
         return Err(FitError::Invalid(format!(
             "select: layers [{lo}, {hi}] must be ordered within 0..{n_layers}, stride and top positive"
@@ -121,4 +146,39 @@ pub fn select_sites(
     effects.sort_by(|a, b| b.1.selectivity.total_cmp(&a.1.selectivity));
     let chosen = effects.iter().take(cfg.top).map(|e| e.0).collect();
     Ok((chosen, effects.into_iter().map(|e| e.1).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(layers: Option<[usize; 2]>, depth: Option<[f64; 2]>) -> SelectConfig {
+        SelectConfig {
+            layers,
+            depth,
+            stride: 1,
+            top: 1,
+            heldout: 1,
+        }
+    }
+
+    #[test]
+    fn depth_fractions_name_the_same_relative_layers_at_any_depth() {
+        let c = cfg(None, Some([0.15, 0.8]));
+        assert_eq!(c.candidate_layers(30).unwrap(), [4, 23]);
+        assert_eq!(c.candidate_layers(18).unwrap(), [3, 14]);
+        assert_eq!(
+            cfg(None, Some([0.0, 1.0])).candidate_layers(18).unwrap(),
+            [0, 17]
+        );
+        assert_eq!(
+            cfg(Some([4, 24]), None).candidate_layers(30).unwrap(),
+            [4, 24]
+        );
+        assert!(cfg(None, None).candidate_layers(30).is_err());
+        assert!(cfg(Some([1, 2]), Some([0.1, 0.2]))
+            .candidate_layers(30)
+            .is_err());
+        assert!(cfg(None, Some([0.5, 1.5])).candidate_layers(30).is_err());
+    }
 }

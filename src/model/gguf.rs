@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 
+use super::gemma3::{Gemma3, Gemma3Block, Gemma3Config};
 use super::llama::LlamaConfig;
 use super::ModelError;
 
@@ -99,6 +100,17 @@ impl GgufFile {
                 &self.path,
                 key,
                 format!("expected a float, found {other:?}"),
+            )),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<bool, ModelError> {
+        match self.value(key)? {
+            Value::Bool(b) => Ok(*b),
+            other => Err(ModelError::config(
+                &self.path,
+                key,
+                format!("expected a boolean, found {other:?}"),
             )),
         }
     }
@@ -255,6 +267,130 @@ pub fn llama_weights(
         }
     }
     Ok(w)
+}
+
+/// Gemma 3 hyper-parameters from `gemma3.*` metadata. Two facts the file leaves out are
+/// llama.cpp's (and transformers') fixed values for Gemma 3: local layers' RoPE base
+/// 10000, and every 6th layer global.
+pub fn gemma3_config(g: &GgufFile) -> Result<Gemma3Config, ModelError> {
+    let key = |k: &str| format!("gemma3.{k}");
+    let opt_f64 = |k: &str| -> Result<Option<f64>, ModelError> {
+        let k = key(k);
+        if g.has(&k) {
+            Ok(Some(g.f64(&k)?).filter(|v| *v > 0.0))
+        } else {
+            Ok(None)
+        }
+    };
+    let n_heads = g.usize(&key("attention.head_count"))?;
+    let n_kv_heads = g.usize(&key("attention.head_count_kv"))?;
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        return Err(ModelError::config(
+            &g.path,
+            key("attention.head_count_kv"),
+            format!("{n_kv_heads} does not divide head_count {n_heads}"),
+        ));
+    }
+    let d_head = g.usize(&key("attention.key_length"))?;
+    if g.has(&key("attention.value_length")) && g.usize(&key("attention.value_length"))? != d_head {
+        return Err(ModelError::config(
+            &g.path,
+            key("attention.value_length"),
+            "value heads of another width than key heads are not supported",
+        ));
+    }
+    let rope_global_scale = match g.has(&key("rope.scaling.type")) {
+        false => 1.0,
+        true => match g.string(&key("rope.scaling.type"))?.as_str() {
+            "none" => 1.0,
+            "linear" => opt_f64("rope.scaling.factor")?.unwrap_or(1.0),
+            other => {
+                return Err(ModelError::config(
+                    &g.path,
+                    key("rope.scaling.type"),
+                    format!("RoPE scaling '{other}' is not supported (supported: none, linear)"),
+                ))
+            }
+        },
+    };
+    let vocab_size = if g.has(&key("vocab_size")) {
+        g.usize(&key("vocab_size"))?
+    } else {
+        g.strings("tokenizer.ggml.tokens")?.len()
+    };
+    if g.has_tensor("output.weight") {
+        return Err(ModelError::weights(
+            &g.path,
+            "an untied output.weight: Gemma 3 ties its unembedding to token_embd",
+        ));
+    }
+    Ok(Gemma3Config {
+        d_model: g.usize(&key("embedding_length"))?,
+        d_mlp: g.usize(&key("feed_forward_length"))?,
+        n_layers: g.usize(&key("block_count"))?,
+        n_heads,
+        n_kv_heads,
+        d_head,
+        rms_eps: g.f64(&key("attention.layer_norm_rms_epsilon"))?,
+        rope_global: opt_f64("rope.freq_base")?.unwrap_or(1_000_000.0),
+        rope_local: 10_000.0,
+        rope_global_scale,
+        sliding_window: g.usize(&key("attention.sliding_window"))?,
+        global_every: 6,
+        // Gemma 3 scales scores by query_pre_attn_scalar^-0.5 with the scalar equal to
+        // the head width in the released sizes; GGUF does not store it separately.
+        query_pre_attn_scalar: d_head as f64,
+        attn_softcap: opt_f64("attn_logit_softcapping")?,
+        final_softcap: opt_f64("final_logit_softcapping")?,
+        vocab_size,
+        max_positions: g.usize(&key("context_length"))?,
+    })
+}
+
+/// A Gemma 3 model from the file's weights, dequantized, each checked against the
+/// shape the config implies.
+pub fn gemma3_model(
+    g: &mut GgufFile,
+    cfg: Gemma3Config,
+    dev: &Device,
+) -> Result<Gemma3, ModelError> {
+    let (d, dh, m) = (cfg.d_model, cfg.d_head, cfg.d_mlp);
+    let mut get = |name: String, shape: &[usize]| -> Result<Tensor, ModelError> {
+        let t = g.tensor_f32(&name, dev)?;
+        if t.dims() != shape {
+            return Err(ModelError::weights(
+                &g.path,
+                format!(
+                    "tensor {name} has shape {:?}, the config implies {shape:?}",
+                    t.dims()
+                ),
+            ));
+        }
+        Ok(t)
+    };
+    let embed = get("token_embd.weight".into(), &[cfg.vocab_size, d])?;
+    let norm = get("output_norm.weight".into(), &[d])?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        blocks.push(Gemma3Block {
+            attn_norm: get(n("attn_norm"), &[d])?,
+            q: get(n("attn_q"), &[cfg.n_heads * dh, d])?,
+            k: get(n("attn_k"), &[cfg.n_kv_heads * dh, d])?,
+            v: get(n("attn_v"), &[cfg.n_kv_heads * dh, d])?,
+            q_norm: get(n("attn_q_norm"), &[dh])?,
+            k_norm: get(n("attn_k_norm"), &[dh])?,
+            o: get(n("attn_output"), &[d, cfg.n_heads * dh])?,
+            post_attn_norm: get(n("post_attention_norm"), &[d])?,
+            mlp_norm: get(n("ffn_norm"), &[d])?,
+            gate: get(n("ffn_gate"), &[m, d])?,
+            up: get(n("ffn_up"), &[m, d])?,
+            down: get(n("ffn_down"), &[d, m])?,
+            post_mlp_norm: get(n("post_ffw_norm"), &[d])?,
+        });
+    }
+    let path = g.path.clone();
+    Gemma3::new(cfg, embed, blocks, norm).map_err(|e| ModelError::weights(&path, e))
 }
 
 #[cfg(test)]

@@ -60,6 +60,26 @@ impl HookPoint {
         }
     }
 
+    /// The same hook point at layer `l` (the embedding has no layer and stays).
+    pub fn with_layer(&self, l: usize) -> HookPoint {
+        use HookPoint::*;
+        match *self {
+            Embed => Embed,
+            ResidPre(_) => ResidPre(l),
+            ResidMid(_) => ResidMid(l),
+            ResidPost(_) => ResidPost(l),
+            AttnQ(_) => AttnQ(l),
+            AttnK(_) => AttnK(l),
+            AttnV(_) => AttnV(l),
+            AttnZ(_) => AttnZ(l),
+            AttnPattern(_) => AttnPattern(l),
+            AttnOut(_) => AttnOut(l),
+            MlpPre(_) => MlpPre(l),
+            MlpPost(_) => MlpPost(l),
+            MlpOut(_) => MlpOut(l),
+        }
+    }
+
     pub fn unit_axis(&self) -> UnitAxis {
         use HookPoint::*;
         match self {

@@ -64,22 +64,30 @@ impl LoadedModel {
             LocalModel::Gguf(path) => {
                 let mut g = GgufFile::open(path)?;
                 let arch = g.architecture()?;
-                if arch != "llama" {
-                    return Err(ModelError::UnknownArch {
-                        path: path.clone(),
-                        arch,
-                        supported: "llama",
-                    });
-                }
-                let cfg = gguf::llama_config(&g)?;
                 let tokenizer = Tokenizer::from_gguf(&g)?;
-                let weights = gguf::llama_weights(&mut g, &cfg, dev)?;
-                let vb = VarBuilder::from_tensors(weights, candle_core::DType::F32, dev);
-                let model = Llama::load(vb, cfg).map_err(|e| ModelError::weights(path, e))?;
+                let model: Box<dyn Transformer> = match arch.as_str() {
+                    "llama" => {
+                        let cfg = gguf::llama_config(&g)?;
+                        let weights = gguf::llama_weights(&mut g, &cfg, dev)?;
+                        let vb = VarBuilder::from_tensors(weights, candle_core::DType::F32, dev);
+                        Box::new(Llama::load(vb, cfg).map_err(|e| ModelError::weights(path, e))?)
+                    }
+                    "gemma3" => {
+                        let cfg = gguf::gemma3_config(&g)?;
+                        Box::new(gguf::gemma3_model(&mut g, cfg, dev)?)
+                    }
+                    _ => {
+                        return Err(ModelError::UnknownArch {
+                            path: path.clone(),
+                            arch,
+                            supported: "llama, gemma3",
+                        })
+                    }
+                };
                 Ok(LoadedModel {
                     name: name.to_string(),
                     path: path.clone(),
-                    model: Box::new(model),
+                    model,
                     tokenizer,
                 })
             }
@@ -100,8 +108,18 @@ impl LoadedModel {
         self.model.device()
     }
 
-    /// Token ids of `text`; an empty result is an error (nothing to run on).
+    /// Token ids of `text` as this model's input (after BOS where the model expects
+    /// one); text with no tokens is an error (nothing to run on).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        if self.encode_plain(text)?.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        self.tokenizer.encode_input(text)
+    }
+
+    /// Token ids of `text` alone, without BOS (a rolling window adds its own); empty
+    /// is an error.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ModelError> {
         let ids = self.tokenizer.encode(text)?;
         if ids.is_empty() {
             return Err(ModelError::EmptyPrompt);

@@ -7,6 +7,7 @@
 pub mod blas;
 pub mod chat;
 pub mod error;
+pub mod gemma3;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
@@ -30,6 +31,7 @@ pub use source::ModelSource;
 pub enum Arch {
     Llama,
     Gpt2,
+    Gemma3,
 }
 
 impl std::fmt::Display for Arch {
@@ -37,6 +39,7 @@ impl std::fmt::Display for Arch {
         f.write_str(match self {
             Arch::Llama => "llama",
             Arch::Gpt2 => "gpt2",
+            Arch::Gemma3 => "gemma3",
         })
     }
 }
@@ -268,9 +271,25 @@ pub(crate) fn attention_mask(
     dtype: candle_core::DType,
     dev: &Device,
 ) -> candle_core::Result<Option<Tensor>> {
+    sliding_attention_mask(kv, t, offset, None, dtype, dev)
+}
+
+/// [`attention_mask`] for layers that see only the last `window` positions (`None`:
+/// all). Needed even for one new token once the cache outgrows the window.
+pub(crate) fn sliding_attention_mask(
+    kv: Option<&KvCache>,
+    t: usize,
+    offset: usize,
+    window: Option<usize>,
+    dtype: candle_core::DType,
+    dev: &Device,
+) -> candle_core::Result<Option<Tensor>> {
+    let window = window.filter(|&w| offset + t > w);
     match kv.filter(|kv| !kv.pads.is_empty()) {
-        Some(kv) => ops::padded_causal_mask(t, offset, &kv.pads, dtype, dev).map(Some),
-        None if t > 1 => ops::causal_mask(t, offset, dtype, dev).map(Some),
+        Some(kv) => ops::padded_causal_mask(t, offset, &kv.pads, window, dtype, dev).map(Some),
+        None if t > 1 || window.is_some() => {
+            ops::sliding_causal_mask(t, offset, window, dtype, dev).map(Some)
+        }
         None => Ok(None),
     }
 }
@@ -366,6 +385,12 @@ pub trait Transformer: Send + Sync {
 
     /// The token embedding matrix `[vocab, d]` (its spread sets causal tracing's noise).
     fn token_embeddings(&self) -> &Tensor;
+
+    /// Factor the token embeddings are multiplied by on entering the residual stream
+    /// (Gemma: √d). Causal tracing scales its noise by it.
+    fn embed_scale(&self) -> f64 {
+        1.0
+    }
 
     fn new_kv_cache(&self) -> KvCache {
         KvCache::new(self.info().n_layers)

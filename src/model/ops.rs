@@ -54,12 +54,23 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(rot_dim: usize, base: f64, max_pos: usize, dev: &Device) -> Result<Self> {
+        Self::scaled(rot_dim, base, 1.0, max_pos, dev)
+    }
+
+    /// Tables for linear RoPE scaling: position `p` rotates as `p / factor` would.
+    pub fn scaled(
+        rot_dim: usize,
+        base: f64,
+        factor: f64,
+        max_pos: usize,
+        dev: &Device,
+    ) -> Result<Self> {
         let half = rot_dim / 2;
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
         for p in 0..max_pos {
             for i in 0..half {
-                let inv = base.powf(-((2 * i) as f64) / rot_dim as f64);
+                let inv = base.powf(-((2 * i) as f64) / rot_dim as f64) / factor;
                 let a = p as f64 * inv;
                 cos.push(a.cos() as f32);
                 sin.push(a.sin() as f32);
@@ -120,11 +131,25 @@ impl Rope {
 /// Additive causal mask `[t, offset + t]`: query `i` (absolute `offset + i`) may see
 /// keys `0..=offset + i`.
 pub fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    sliding_causal_mask(t, offset, None, dtype, dev)
+}
+
+/// [`causal_mask`] where, with a `window`, query `q` sees only keys `j` with
+/// `q - j < window` (itself and the `window - 1` before it), as local attention does.
+pub fn sliding_causal_mask(
+    t: usize,
+    offset: usize,
+    window: Option<usize>,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
     let total = offset + t;
+    let w = window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
+            let q = offset + i;
             (0..total).map(move |j| {
-                if j > offset + i {
+                if j > q || q - j >= w {
                     f32::NEG_INFINITY
                 } else {
                     0.0
@@ -137,21 +162,24 @@ pub fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Resul
 
 /// Additive mask `[b, 1, t, offset + t]` for a left-padded batch: causal, and row `r`'s
 /// real queries never see its first `pads[r]` keys. A pad query sees itself, so that its
-/// (discarded) softmax stays finite.
+/// (discarded) softmax stays finite. A `window` limits each query to its last `window`
+/// keys, as in [`sliding_causal_mask`].
 pub fn padded_causal_mask(
     t: usize,
     offset: usize,
     pads: &[usize],
+    window: Option<usize>,
     dtype: DType,
     dev: &Device,
 ) -> Result<Tensor> {
     let total = offset + t;
+    let w = window.unwrap_or(usize::MAX);
     let mut mask = Vec::with_capacity(pads.len() * t * total);
     for &p in pads {
         for i in 0..t {
             let q = offset + i;
             mask.extend((0..total).map(|j| {
-                if j > q || (j < p && j != q) {
+                if j > q || q - j >= w || (j < p && j != q) {
                     f32::NEG_INFINITY
                 } else {
                     0.0

@@ -19,7 +19,7 @@ use super::ModelError;
 pub const DEFAULT_MODEL: &str = crate::assets::SMOLLM2_ID;
 
 /// Shipped models: `--model` names, each the id of an asset whose main file is the model.
-const SHIPPED: &[&str] = &[crate::assets::SMOLLM2_ID];
+const SHIPPED: &[&str] = &[crate::assets::SMOLLM2_ID, crate::assets::GEMMA3_ID];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {

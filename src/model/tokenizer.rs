@@ -18,6 +18,8 @@ pub struct Tokenizer {
     source: PathBuf,
     /// Token the evaluation harnesses prepend when a context is empty.
     pub bos_id: Option<u32>,
+    /// Whether the model's inputs start with `bos_id` (Gemma: yes; SmolLM2: no).
+    pub add_bos: bool,
     pub eos_id: Option<u32>,
     /// Generation stops at any of these.
     pub stop_ids: Vec<u32>,
@@ -44,6 +46,16 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| self.err(format!("encode: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` as a model input: [`Tokenizer::encode`], after BOS when
+    /// the model expects one.
+    pub fn encode_input(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let ids = self.encode(text)?;
+        Ok(match self.bos_id.filter(|_| self.add_bos) {
+            Some(bos) => std::iter::once(bos).chain(ids).collect(),
+            None => ids,
+        })
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
@@ -115,10 +127,13 @@ impl Tokenizer {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         };
+        let add_bos =
+            cfg.get("add_bos_token").and_then(Value::as_bool) == Some(true) && bos_id.is_some();
         Ok(Tokenizer {
             inner,
             source: path,
             bos_id,
+            add_bos,
             eos_id,
             stop_ids,
             bos_token,
@@ -127,19 +142,135 @@ impl Tokenizer {
         })
     }
 
-    /// The byte-level BPE tokenizer stored in a GGUF (`tokenizer.ggml.model == "gpt2"`).
+    /// The tokenizer stored in a GGUF: byte-level BPE (`tokenizer.ggml.model == "gpt2"`),
+    /// or Gemma's SentencePiece vocabulary (`"llama"` in a `gemma3` file).
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
         let path = g.path.clone();
         let model = g.string("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(ModelError::config(
+        let arch = g.architecture()?;
+        match (model.as_str(), arch.as_str()) {
+            ("gpt2", _) => Self::byte_level_from_gguf(g),
+            ("llama", "gemma3") => Self::gemma_from_gguf(g),
+            _ => Err(ModelError::config(
                 &path,
                 "tokenizer.ggml.model",
                 format!(
-                    "tokenizer model '{model}' is not supported (supported: gpt2 byte-level BPE)"
+                    "tokenizer model '{model}' in a '{arch}' file is not supported \
+                     (supported: gpt2 byte-level BPE; SentencePiece in gemma3 files)"
                 ),
+            )),
+        }
+    }
+
+    /// Gemma's SentencePiece vocabulary as the Hugging Face Gemma tokenizer applies it:
+    /// BPE with byte fallback, spaces written `▁`, no prefix space, control tokens
+    /// special and user-defined ones (newline runs, tabs) matched whole. The GGUF
+    /// carries no merges, so they are rebuilt from the vocabulary: every split of a
+    /// token into two tokens, ranked by the merged token's position in the file (Gemma's
+    /// scores do not follow its merge order; its token order does), longer left part
+    /// first. Tokens of several spaces are stored as spaces but looked up as `▁`s.
+    fn gemma_from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let path = g.path.clone();
+        let raw = g.strings("tokenizer.ggml.tokens")?;
+        let types = g.i32s("tokenizer.ggml.token_type")?;
+        if types.len() != raw.len() {
+            return Err(ModelError::config(
+                &path,
+                "tokenizer.ggml.token_type",
+                format!("{} types for {} tokens", types.len(), raw.len()),
             ));
         }
+        let tokens: Vec<String> = raw
+            .iter()
+            .map(|t| {
+                if t.contains(' ') && t.trim().is_empty() {
+                    "\u{2581}".repeat(t.chars().count())
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
+        // A later duplicate wins, as in a Python dict built from the list.
+        let mut index: std::collections::HashMap<&str, u32> =
+            std::collections::HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            index.insert(t.as_str(), i as u32);
+        }
+        let mut merges: Vec<(u32, usize, &str, &str)> = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            if index.get(t.as_str()) != Some(&(i as u32)) {
+                continue;
+            }
+            for (cut, _) in t.char_indices().skip(1) {
+                let (l, r) = t.split_at(cut);
+                if index.contains_key(l) && index.contains_key(r) {
+                    merges.push((i as u32, l.chars().count(), l, r));
+                }
+            }
+        }
+        merges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let merges: Vec<Value> = merges.iter().map(|(_, _, l, r)| json!([l, r])).collect();
+        let vocab: serde_json::Map<String, Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
+        // GGUF token types: 3 control, 4 user-defined. A user-defined token is added only
+        // if the vocabulary still spells it so (the space runs were respelled above).
+        let added: Vec<Value> = raw
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .filter(|(_, (tok, ty))| **ty == 3 || (**ty == 4 && vocab.contains_key(tok.as_str())))
+            .map(|(id, (tok, ty))| {
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false, "special": *ty == 3})
+            })
+            .collect();
+        let unk = g
+            .has("tokenizer.ggml.unknown_token_id")
+            .then(|| g.usize("tokenizer.ggml.unknown_token_id"))
+            .transpose()?
+            .and_then(|i| raw.get(i).cloned());
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                              "behavior": "MergedWithPrevious", "invert": false},
+            "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"}]},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": unk,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            }
+        });
+        let inner: tokenizers::Tokenizer =
+            spec.to_string()
+                .parse()
+                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                    path: path.clone(),
+                    message: format!("building SentencePiece BPE from GGUF vocabulary: {e}"),
+                })?;
+        let mut tok = Self::with_gguf_specials(g, inner, &raw)?;
+        // Instruction-tuned Gemma ends a turn with <end_of_turn>; generation stops there too.
+        if let Some(id) = tok.inner.token_to_id("<end_of_turn>") {
+            if !tok.stop_ids.contains(&id) {
+                tok.stop_ids.push(id);
+            }
+        }
+        Ok(tok)
+    }
+
+    fn byte_level_from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let path = g.path.clone();
         let tokens = g.strings("tokenizer.ggml.tokens")?;
         let merges = g.strings("tokenizer.ggml.merges")?;
         let types = if g.has("tokenizer.ggml.token_type") {
@@ -200,6 +331,16 @@ impl Tokenizer {
                     path: path.clone(),
                     message: format!("building BPE from GGUF vocabulary: {e}"),
                 })?;
+        Self::with_gguf_specials(g, inner, &tokens)
+    }
+
+    /// BOS, EOS, whether inputs start with BOS, and the chat template, from the GGUF.
+    fn with_gguf_specials(
+        g: &GgufFile,
+        inner: tokenizers::Tokenizer,
+        tokens: &[String],
+    ) -> Result<Self, ModelError> {
+        let path = g.path.clone();
         let id = |key: &str| -> Result<Option<u32>, ModelError> {
             Ok(if g.has(key) {
                 Some(g.usize(key)? as u32)
@@ -215,10 +356,14 @@ impl Tokenizer {
         } else {
             None
         };
+        let add_bos = g.has("tokenizer.ggml.add_bos_token")
+            && g.bool("tokenizer.ggml.add_bos_token")?
+            && bos_id.is_some();
         Ok(Tokenizer {
             inner,
             source: path,
             bos_id,
+            add_bos,
             eos_id,
             stop_ids: eos_id.into_iter().collect(),
             bos_token: name(bos_id),

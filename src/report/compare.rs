@@ -127,12 +127,109 @@ struct Side {
 
 #[derive(Serialize)]
 struct VerdictChange {
+    /// `intervention::task::metric`: the same gate in both runs, whatever model prefix
+    /// their trial names carry.
     trial: String,
     a: String,
     b: String,
     estimate_a: String,
     estimate_b: String,
     changed: bool,
+}
+
+/// One intervention's sites in both runs, at their depth in each model.
+#[derive(Serialize)]
+struct SiteRow {
+    intervention: String,
+    a: String,
+    b: String,
+}
+
+fn layer_of(site: &str) -> Option<usize> {
+    site.split('.').nth(1).and_then(|l| l.parse().ok())
+}
+
+/// Depth of layer `l` in a model of `n` layers: 0 the first, 1 the last.
+fn depth(l: usize, n: usize) -> f64 {
+    l as f64 / (n.max(2) - 1) as f64
+}
+
+fn describe_sites(m: &crate::intervene::artifact::Manifest) -> String {
+    m.sites
+        .iter()
+        .map(|s| match layer_of(s) {
+            Some(l) => format!(
+                "{s} (depth {:.2} of {} layers)",
+                depth(l, m.model.n_layers),
+                m.model.n_layers
+            ),
+            None => s.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where each run's interventions act, with depth normalised so that models of
+/// different depths line up: a table, and per intervention the site sweeps of both runs
+/// on one depth axis with the chosen sites highlighted.
+fn sites_by_depth(a: &Run, b: &Run) -> Result<(Vec<SiteRow>, Vec<String>), ReportError> {
+    let (ma, mb) = (a.manifests()?, b.manifests()?);
+    let names: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
+    let (la, lb) = labels(a, b);
+    let mut rows = Vec::new();
+    let mut charts_out = Vec::new();
+    for name in names {
+        let (xa, xb) = (ma.get(name), mb.get(name));
+        rows.push(SiteRow {
+            intervention: name.clone(),
+            a: xa.map(describe_sites).unwrap_or_else(|| "—".into()),
+            b: xb.map(describe_sites).unwrap_or_else(|| "—".into()),
+        });
+        let mut series = Vec::new();
+        let mut chosen = Vec::new();
+        for (label, m) in [(&la, xa), (&lb, xb)] {
+            let Some(m) = m else { continue };
+            let n = m.model.n_layers;
+            let mut pts: Vec<(f64, f64)> = m
+                .selection
+                .iter()
+                .filter_map(|e| layer_of(&e.site).map(|l| (depth(l, n), e.selectivity)))
+                .collect();
+            pts.sort_by(|p, q| p.0.total_cmp(&q.0));
+            if !pts.is_empty() {
+                series.push(charts::Series {
+                    name: format!("{label}: selectivity"),
+                    points: pts,
+                });
+            }
+            chosen.extend(
+                m.sites
+                    .iter()
+                    .filter_map(|s| layer_of(s))
+                    .map(|l| depth(l, n)),
+            );
+        }
+        if !series.is_empty() {
+            charts_out.push(charts::lines(
+                &format!("{name}: site sweeps by depth"),
+                "depth (layer / (layers − 1))",
+                "selectivity (nats)",
+                &series,
+                &chosen,
+            ));
+        }
+    }
+    Ok((rows, charts_out))
+}
+
+/// Column labels: the models' names when the runs are of different models, else A, B.
+fn labels(a: &Run, b: &Run) -> (String, String) {
+    let (ma, mb) = (a.meta("model"), b.meta("model"));
+    if !ma.is_empty() && !mb.is_empty() && ma != mb {
+        (format!("A: {ma}"), format!("B: {mb}"))
+    } else {
+        ("A".into(), "B".into())
+    }
 }
 
 fn side(label: &'static str, r: &Run) -> Side {
@@ -158,19 +255,30 @@ pub fn render(a: &Run, b: &Run, alpha: f64, cs: &[Comparison]) -> Result<String,
     }
     let mut changes = Vec::new();
     for vb in &b.verdicts {
-        if let Some(va) = a.verdicts.iter().find(|v| v.trial == vb.trial) {
+        let same = |v: &&crate::store::tables::VerdictRow| {
+            v.intervention == vb.intervention && v.task == vb.task && v.metric == vb.metric
+        };
+        if let Some(va) = a.verdicts.iter().find(same) {
             let u = super::run_page::units(&vb.effect);
-            let e = |v: Option<f64>| v.map(|x| u.fmt(x)).unwrap_or_else(|| "—".into());
+            let e = |v: &crate::store::tables::VerdictRow| match (v.estimate, v.ci_lo, v.ci_hi) {
+                (Some(x), Some(lo), Some(hi)) => {
+                    format!("{} [{}, {}]", u.fmt(x), u.fmt(lo), u.fmt(hi))
+                }
+                (Some(x), _, _) => u.fmt(x),
+                _ => "—".into(),
+            };
             changes.push(VerdictChange {
-                trial: vb.trial.clone(),
+                trial: format!("{}::{}::{}", vb.intervention, vb.task, vb.metric),
                 a: va.outcome.clone(),
                 b: vb.outcome.clone(),
-                estimate_a: e(va.estimate),
-                estimate_b: e(vb.estimate),
+                estimate_a: e(va),
+                estimate_b: e(vb),
                 changed: va.outcome != vb.outcome,
             });
         }
     }
+    let (site_rows, site_charts) = sites_by_depth(a, b)?;
+    let (label_a, label_b) = labels(a, b);
     // One forest per task::metric: each intervention's B − A difference.
     let mut groups: BTreeMap<(String, String), Vec<&Comparison>> = BTreeMap::new();
     for c in cs {
@@ -211,6 +319,7 @@ pub fn render(a: &Run, b: &Run, alpha: f64, cs: &[Comparison]) -> Result<String,
     let regressions = cs.iter().filter(|c| c.flag == "regression").count();
     let ctx = minijinja::context! {
         title => format!("{} vs {}", a.meta("run_id"), b.meta("run_id")),
+        label_a, label_b, site_rows, site_charts,
         sides => vec![side("A", a), side("B", b)],
         regressions,
         improvements => cs.iter().filter(|c| c.flag == "improvement").count(),

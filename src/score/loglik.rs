@@ -76,8 +76,8 @@ pub fn encode_pair(model: &LoadedModel, req: &LoglikRequest) -> Result<EncodedPa
     } else {
         (req.context.clone(), req.continuation.clone())
     };
-    let whole = tok.encode(&format!("{context}{continuation}"))?;
-    let ctx = tok.encode(&context)?;
+    let whole = tok.encode_input(&format!("{context}{continuation}"))?;
+    let ctx = tok.encode_input(&context)?;
     let split = ctx.len().min(whole.len());
     Ok(EncodedPair {
         context: ctx,

@@ -261,7 +261,7 @@ impl FluencyTask {
             let mut owner = Vec::new();
             let mut n_tokens = Vec::new();
             for (j, t) in part.iter().enumerate() {
-                let ids = cx.model.encode(&t.text)?;
+                let ids = cx.model.encode_plain(&t.text)?;
                 n_tokens.push(ids.len());
                 for w in rolling_windows(&ids, prefix, max_len, self.context_len) {
                     pairs.push(w);

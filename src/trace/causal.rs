@@ -629,7 +629,8 @@ fn noise(
         .sqr()?
         .mean_all()?
         .to_scalar::<f64>()?;
-    let sigma = cfg.noise * var.sqrt();
+    // The noise is added to the stream's embeddings, which some models scale.
+    let sigma = cfg.noise * var.sqrt() * model.model.embed_scale();
     let d = model.model.info().d_model;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut v = vec![0f32; cfg.samples * t * d];

