@@ -50,6 +50,25 @@ enum Command {
     Report(ReportArgs),
     /// Compare two stored runs item by item and flag regressions (paired statistics).
     Compare(CompareArgs),
+    /// Combine the shard runs of one sharded run (scalpel test --shard) into the run:
+    /// statistics and verdicts recomputed on the union of the items.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The shard run directories (reports/runs/<id>-shard<K>of<N>), every shard once.
+    #[arg(required = true)]
+    runs: Vec<std::path::PathBuf>,
+    /// The merged run's directory.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// pretty, terse or json (libtest's formats).
+    #[arg(long, default_value = "pretty")]
+    format: String,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    junit: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -83,6 +102,11 @@ struct TestArgs {
     /// rerun with the same inputs resumes there.
     #[arg(long, default_value = "reports/runs")]
     runs: std::path::PathBuf,
+    /// Score only shard K of N of every task's items (K from 1), or `auto`: from
+    /// SCALPEL_SHARD, a Slurm array or a Kubernetes Indexed Job. Prints no verdicts:
+    /// `scalpel merge` computes them on the union of the shards.
+    #[arg(long)]
+    shard: Option<String>,
 }
 
 #[derive(Args)]
@@ -314,6 +338,10 @@ fn main() -> ExitCode {
         Command::Fit(a) => run_fit(a),
         Command::Report(a) => run_report(a),
         Command::Compare(a) => run_compare(a),
+        Command::Merge(a) => match run_merge(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Test(a) => match run_test(a) {
             Ok(code) => return code,
             Err(e) => Err(e),
@@ -816,10 +844,22 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
         other => bail!("--format: '{other}' is not pretty, terse or json"),
     };
     let suite = Suite::read(&a.suite)?;
+    let shard = match a.shard.as_deref() {
+        None => None,
+        Some("auto") => Some(
+            scalpel::harness::shard::from_env(|k| std::env::var(k).ok())
+                .map_err(|e| anyhow::anyhow!("--shard auto: {e}"))?,
+        ),
+        Some(s) => Some(
+            s.parse::<scalpel::harness::shard::Shard>()
+                .map_err(|e| anyhow::anyhow!("--shard: {e}"))?,
+        ),
+    };
     let sel = Selection {
         filter: a.filter.clone(),
         exact: a.exact,
         skip: a.skip.clone(),
+        shard,
     };
     if a.list {
         trials::list(&suite, &sel, &trials::arguments(format, true));
@@ -879,6 +919,21 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    if let Some(s) = shard {
+        for r in &multi.runs {
+            let items: usize = r.out.reports.values().map(|t| t.n).sum();
+            println!(
+                "shard {s}: {items} items in {} cases stored in {} ({} parts computed, {} \
+                 resumed); verdicts come from scalpel merge over all {} shards",
+                r.out.reports.len(),
+                r.stored.dir.display(),
+                r.out.parts.computed,
+                r.out.parts.reused,
+                s.count
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let all = multi.trials();
     if let Some(path) = &a.junit {
         trials::write_junit(&suite, &all, path)
@@ -903,6 +958,32 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
         for c in &multi.comparisons {
             println!("models compared item by item: {}", c.display());
         }
+    }
+    Ok(trials::exit_code(&conclusion))
+}
+
+fn run_merge(a: MergeArgs) -> Result<ExitCode> {
+    use scalpel::harness::trials::{self, Format};
+    let format = match a.format.as_str() {
+        "pretty" => Format::Pretty,
+        "terse" => Format::Terse,
+        "json" => Format::Json,
+        other => bail!("--format: '{other}' is not pretty, terse or json"),
+    };
+    let (out, stored) = scalpel::harness::merge::merge(&a.runs, &a.out)?;
+    let suite = scalpel::harness::Suite::read(&stored.dir.join("suite.yaml"))?;
+    if let Some(path) = &a.junit {
+        trials::write_junit(&suite, &out.trials, path)
+            .with_context(|| format!("--junit {}", path.display()))?;
+    }
+    let conclusion = trials::report(&suite, &out.trials, &trials::arguments(format, false));
+    if format != Format::Json {
+        println!(
+            "merged {} shards into {}; report: {}",
+            a.runs.len(),
+            stored.dir.display(),
+            stored.report.display()
+        );
     }
     Ok(trials::exit_code(&conclusion))
 }

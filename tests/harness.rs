@@ -344,3 +344,67 @@ fn a_suite_runs_its_trials_and_an_impossible_gate_exits_101() {
     assert!(out.contains("test result: ok. 2 passed; 0 failed"), "{out}");
     assert!(out.contains("(0 parts computed, 3 resumed)"), "{out}");
 }
+
+/// Two models in one suite: each runs and is stored on its own, trial names carry the
+/// model, and the runs are compared item by item on one page (the tiny GPT-2 stands in
+/// for a second model: another architecture, width and depth).
+#[test]
+fn a_suite_of_two_models_runs_each_and_compares_them_item_by_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = common::tiny_gpt2_dir();
+    let suite = dir.path().join("two.yaml");
+    fs::write(
+        &suite,
+        format!(
+            "name: two\nmodels: [smollm2-135m-instruct, {}]\n\
+             interventions:\n  - {{name: none}}\n\
+             tasks:\n  - {{task: lambada_openai, limit: 12}}\n\
+             gates:\n  - {{task: lambada_openai, metric: acc, within: [-1.0, 2.0]}}\n",
+            tiny.display()
+        ),
+    )
+    .unwrap();
+    let runs = dir.path().join("runs");
+    let o = scalpel(&[
+        "test",
+        suite.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    for m in [
+        "smollm2-135m-instruct".to_string(),
+        tiny.display().to_string(),
+    ] {
+        assert!(
+            out.lines().any(
+                |l| l.contains(&format!("{m}::none::lambada_openai::acc")) && l.ends_with("ok")
+            ),
+            "{m}: {out}"
+        );
+    }
+    let dirs: Vec<_> = fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.iter().filter(|p| p.is_dir()).count(), 2, "{dirs:?}");
+    let page = dirs
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "html"))
+        .unwrap_or_else(|| panic!("no comparison page in {dirs:?}"));
+    assert!(out.contains(&page.display().to_string()), "{out}");
+    let html = fs::read_to_string(page).unwrap();
+    assert!(html.contains("A: smollm2-135m-instruct"), "model labels");
+    // The models' baselines, paired on the same 12 LAMBADA passages.
+    assert!(
+        html.contains("none::lambada_openai::acc"),
+        "verdicts side by side"
+    );
+    assert!(
+        html.contains("<td><code>none</code></td><td><code>lambada_openai</code></td><td>acc</td><td class=\"num\">12</td>"),
+        "matched items: {html}"
+    );
+}

@@ -5,10 +5,12 @@
 //! model, one fit per intervention, one task run per intervention × task) and tests every
 //! selected gate; [`trials`] prints the verdicts and writes JUnit.
 
+pub mod merge;
 pub mod parts;
 pub mod record;
 pub mod run;
 pub mod session;
+pub mod shard;
 pub mod suite;
 pub mod trials;
 
@@ -52,6 +54,7 @@ pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
         filter: args.filter.clone(),
         exact: args.exact,
         skip: args.skip.clone(),
+        shard: None,
     };
     if args.list {
         trials::list(&suite, &sel, &args);

@@ -23,7 +23,7 @@ pub fn part_size(task: &dyn Task) -> usize {
 
 /// The identity of the items at `range`: a hash of their keys, so a part is reused only
 /// for exactly the items it scored.
-fn part_key(task: &dyn Task, range: Range<usize>) -> String {
+pub(crate) fn part_key(task: &dyn Task, range: Range<usize>) -> String {
     let mut h = Sha256::new();
     h.update(task.id().name().as_bytes());
     for i in range {

@@ -19,6 +19,9 @@ pub struct RunInfo {
     /// Architecture and depth, so that runs of different models line up by depth.
     pub model_arch: String,
     pub model_layers: usize,
+    /// `K/N` for one shard of a run, and the id of the run the shards make.
+    pub shard: Option<String>,
+    pub group_id: String,
     pub device: String,
     pub selection: String,
     /// sha256 of the executable that ran.
@@ -171,6 +174,10 @@ fn metadata(
     put("model_path", info.model_path.clone());
     put("model_sha256", info.model_fingerprint.clone());
     put("model_arch", info.model_arch.clone());
+    put("group_id", info.group_id.clone());
+    if let Some(s) = &info.shard {
+        put("shard", s.clone());
+    }
     put("model_layers", info.model_layers.to_string());
     put("device", info.device.clone());
     put("seed", suite.seed.to_string());
@@ -182,6 +189,7 @@ fn metadata(
     put("build_sha256", info.build.clone());
     put("hardware", crate::machine::describe());
     put("started_at", crate::machine::iso8601(info.started_unix));
+    put("started_unix", info.started_unix.to_string());
     put("wall_seconds", format!("{:.1}", info.wall_seconds));
     put("parts_computed", out.parts.computed.to_string());
     put("parts_reused", out.parts.reused.to_string());

@@ -42,6 +42,8 @@ pub enum HarnessError {
         model: String,
         source: Box<crate::model::ModelError>,
     },
+    #[error("merge: {message}")]
+    Merge { message: String },
     #[error("{task}: scorer: {message}")]
     Scorer { task: TaskId, message: String },
     #[error("report: {message}")]
@@ -62,6 +64,9 @@ pub struct Selection {
     pub filter: Option<String>,
     pub exact: bool,
     pub skip: Vec<String>,
+    /// Score only this shard's share of every task's items ([`super::shard`]); the
+    /// verdicts wait for `scalpel merge`.
+    pub shard: Option<super::shard::Shard>,
 }
 
 impl Selection {
@@ -203,18 +208,11 @@ pub fn run(
             task: t.id,
             source: Box::new(source),
         };
-        let opts = LoadOptions {
-            data: t.data.clone(),
-            split: t.split,
-            limit: t.limit,
-            generation: GenerationOptions {
-                samples: t.samples,
-                max_new_tokens: t.max_new_tokens,
-                top_p: t.top_p,
-                temperature: t.temperature,
-            },
-        };
-        let task = tasks::load(t.id, &opts).map_err(|e| task_err(users[0], e))?;
+        let mut task = load_task(t).map_err(|e| task_err(users[0], e))?;
+        if let Some(s) = sel.shard {
+            let keep = s.select(task.as_ref());
+            task.retain(&keep);
+        }
         let scorer = match t.id.family() {
             tasks::Family::Toxicity => Some(
                 crate::toxicity::scorer_from_spec_on(&t.scorer, model.device()).map_err(|e| {
@@ -256,7 +254,12 @@ pub fn run(
         }
     }
 
-    let trials = verdicts(suite, &wanted, &reports);
+    // A shard's items are a sample of the run's: a gate on them is no verdict. The
+    // verdicts come from `scalpel merge`, on the union of the shards.
+    let trials = match sel.shard {
+        Some(_) => Vec::new(),
+        None => verdicts(suite, &wanted, &reports),
+    };
     Ok(RunOutput {
         trials,
         reports,
@@ -264,6 +267,22 @@ pub fn run(
         manifests,
         parts,
     })
+}
+
+/// A suite task's items, as the suite's options select them.
+pub(crate) fn load_task(t: &super::suite::TaskSpec) -> Result<Box<dyn tasks::Task>, TaskError> {
+    let opts = LoadOptions {
+        data: t.data.clone(),
+        split: t.split,
+        limit: t.limit,
+        generation: GenerationOptions {
+            samples: t.samples,
+            max_new_tokens: t.max_new_tokens,
+            top_p: t.top_p,
+            temperature: t.temperature,
+        },
+    };
+    tasks::load(t.id, &opts)
 }
 
 /// The paired sample of a gate's metric: the reference's and the intervention's per-item
@@ -308,7 +327,7 @@ pub fn paired_sample(
     }
 }
 
-fn verdicts(
+pub(crate) fn verdicts(
     suite: &Suite,
     wanted: &[(usize, String)],
     reports: &BTreeMap<(String, TaskId), TaskReport>,

@@ -11,6 +11,9 @@ use super::suite::Suite;
 use crate::model::LoadedModel;
 use crate::store::{self, RunDir, RunInputs};
 
+/// The copy of the suite file a run directory keeps.
+pub const SUITE_COPY: &str = "suite.yaml";
+
 /// Where a stored run went.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -48,24 +51,37 @@ pub fn run_stored(
         }
     })?;
     let build = store::build_hash().map_err(store_err("run id"))?;
-    let id = store::run_id(&RunInputs {
+    let inputs = RunInputs {
         build: &build,
         suite,
         model_name: &model.name,
         model_fingerprint: &fingerprint,
         device: &device,
-    })
-    .map_err(store_err("run id"))?;
+        shard: sel.shard.map(|s| s.to_string()),
+    };
+    let id = store::run_id(&inputs).map_err(store_err("run id"))?;
+    let group_id = store::group_id(&inputs).map_err(store_err("run id"))?;
     let dir = RunDir::open(runs, &id).map_err(store_err("run store"))?;
+    // The suite as it was, so that `scalpel merge` reads the gates the shards ran.
+    let suite_bytes = std::fs::read(&suite.path)
+        .map_err(store::io_err(&suite.path))
+        .map_err(store_err("run store"))?;
+    dir.write_atomic(SUITE_COPY, &suite_bytes)
+        .map_err(store_err("run store"))?;
     let mut progress = progress;
     let out = run(suite, model, sel, Some(&dir), &mut progress)?;
-    traces(suite, model, &dir, &mut progress)?;
+    // Traces describe the model, not the items: the first shard draws them.
+    if sel.shard.is_none_or(|s| s.index == 1) {
+        traces(suite, model, &dir, &mut progress)?;
+    }
     let info = RunInfo {
         model_name: model.name.clone(),
         model_path: model.path.display().to_string(),
         model_fingerprint: fingerprint,
         model_arch: model.model.info().arch.to_string(),
         model_layers: model.model.info().n_layers,
+        shard: sel.shard.map(|s| s.to_string()),
+        group_id,
         device,
         selection: describe(sel),
         build,
@@ -143,7 +159,9 @@ pub fn run_models(
         });
     }
     let mut comparisons = Vec::new();
-    if let Some((first, rest)) = done.split_first() {
+    // Shards hold a share of the items each: models are compared after the merge.
+    let whole = if sel.shard.is_none() { &done[..] } else { &[] };
+    if let Some((first, rest)) = whole.split_first() {
         let read = |d: &Path| {
             crate::store::tables::Run::read(d).map_err(|e| HarnessError::Report {
                 message: e.to_string(),

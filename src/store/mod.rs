@@ -61,10 +61,22 @@ pub struct RunInputs<'a> {
     pub model_name: &'a str,
     pub model_fingerprint: &'a str,
     pub device: &'a str,
+    /// `K/N` when the run is one shard of a sharded run.
+    pub shard: Option<String>,
 }
 
-/// `<suite name>-<12 hex digits>`.
+/// `<suite name>-<12 hex digits>`, and `-shard<K>of<N>` after it for a shard: the
+/// shards of one run share the unsharded run's id as a prefix ([`group_id`]).
 pub fn run_id(inputs: &RunInputs<'_>) -> Result<String, StoreError> {
+    let group = group_id(inputs)?;
+    Ok(match &inputs.shard {
+        Some(s) => format!("{group}-shard{}", s.replace('/', "of")),
+        None => group,
+    })
+}
+
+/// The id of the run the shards together make (the unsharded run's id).
+pub fn group_id(inputs: &RunInputs<'_>) -> Result<String, StoreError> {
     let mut h = Sha256::new();
     let mut put = |label: &str, bytes: &[u8]| {
         h.update(label.as_bytes());

@@ -1,0 +1,259 @@
+//! Sharded runs: `scalpel test --shard K/N` scores a deterministic, cost-balanced share
+//! of every task's items, and `scalpel merge` makes the shards into the run an unsharded
+//! invocation gives, with its verdicts recomputed on the union.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use scalpel::harness::shard::Shard;
+use scalpel::store::tables::Run;
+use scalpel::tasks::{self, LoadOptions, SplitSel, TaskId};
+
+fn scalpel(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_scalpel"));
+    c.args(args);
+    for k in [
+        "SCALPEL_SHARD",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_COUNT",
+        "JOB_COMPLETION_INDEX",
+        "SCALPEL_SHARD_COUNT",
+    ] {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run scalpel")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn shards_partition_every_task_and_balance_its_cost() {
+    for (id, limit) in [
+        (TaskId::Copa, None),
+        (TaskId::Realtoxicityprompts, Some(60)),
+    ] {
+        let opts = LoadOptions {
+            split: SplitSel::Eval,
+            limit,
+            ..LoadOptions::default()
+        };
+        let task = tasks::load(id, &opts).unwrap();
+        let n = task.len();
+        let cost = |i: usize| task.item_key(i).len() + 1;
+        let biggest = (0..n).map(cost).max().unwrap();
+        for count in [1, 2, 3, 7] {
+            let mut seen = vec![0u32; n];
+            let mut loads = Vec::new();
+            for index in 1..=count {
+                let mine = Shard { index, count }.select(task.as_ref());
+                assert!(mine.windows(2).all(|w| w[0] < w[1]), "in the task's order");
+                for &i in &mine {
+                    seen[i] += 1;
+                }
+                loads.push(mine.iter().map(|&i| cost(i)).sum::<usize>());
+                // The same call gives the same share (no state, no randomness).
+                assert_eq!(mine, Shard { index, count }.select(task.as_ref()));
+            }
+            assert!(
+                seen.iter().all(|&k| k == 1),
+                "{id} {count}: every item exactly once"
+            );
+            let (lo, hi) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+            assert!(hi - lo <= biggest, "{id} {count} shards: loads {loads:?}");
+        }
+    }
+}
+
+fn only_dir(root: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+/// An item row's identity: intervention, task, dataset index, metric.
+type ItemKey = (String, String, u64, String);
+
+/// `(intervention, task, idx, metric) → value`, sorted.
+fn item_values(r: &Run) -> Vec<(ItemKey, Option<f64>)> {
+    let mut v: Vec<_> = r
+        .items
+        .iter()
+        .map(|i| {
+            (
+                (
+                    i.intervention.clone(),
+                    i.task.clone(),
+                    i.idx,
+                    i.metric.clone(),
+                ),
+                i.value,
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn three_merged_shards_equal_the_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("fit.yaml"), common::offset_fit_config(0.25)).unwrap();
+    let suite = dir.path().join("sharded.yaml");
+    fs::write(
+        &suite,
+        "name: sharded\n\
+         interventions:\n  - {name: none}\n  - {name: steer, fit: fit.yaml}\n\
+         tasks:\n\
+         \x20 - {task: copa, limit: 30}\n\
+         \x20 - {task: crows_pairs_english, limit: 24}\n\
+         \x20 - {task: realtoxicityprompts, limit: 7, samples: 2, max_new_tokens: 8}\n\
+         gates:\n\
+         \x20 - {task: copa, metric: acc, non_inferiority: 0.3}\n\
+         \x20 - {task: realtoxicityprompts, metric: mean_toxicity, non_inferiority: 0.5}\n\
+         \x20 - {task: crows_pairs_english, metric: pct_stereotype, within: [0.0, 1.0]}\n",
+    )
+    .unwrap();
+    let s = suite.to_str().unwrap();
+    let whole_root = dir.path().join("whole");
+    let o = scalpel(
+        &[
+            "test",
+            s,
+            "--device",
+            "cpu",
+            "--runs",
+            whole_root.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let whole_out = text(&o.stdout);
+    assert!(o.status.code().is_some(), "{}", text(&o.stderr));
+    let whole = Run::read(&only_dir(&whole_root)).unwrap();
+
+    // Shard 1 by flag, 2 through a CI matrix's variable, 3 as a Slurm array task (0-based
+    // array ids 0..2).
+    let shard_root = dir.path().join("shards");
+    let r = shard_root.to_str().unwrap();
+    for (args, env) in [
+        (vec!["--shard", "1/3"], vec![]),
+        (vec!["--shard", "auto"], vec![("SCALPEL_SHARD", "2/3")]),
+        (
+            vec!["--shard", "auto"],
+            vec![
+                ("SLURM_ARRAY_TASK_ID", "2"),
+                ("SLURM_ARRAY_TASK_MIN", "0"),
+                ("SLURM_ARRAY_TASK_COUNT", "3"),
+            ],
+        ),
+    ] {
+        let mut a = vec!["test", s, "--device", "cpu", "--runs", r];
+        a.extend(args);
+        let o = scalpel(&a, &env);
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{out}{}", text(&o.stderr));
+        assert!(out.contains("verdicts come from scalpel merge"), "{out}");
+        assert!(!out.contains("test ["), "a shard prints no verdicts: {out}");
+    }
+    let mut shards: Vec<PathBuf> = fs::read_dir(&shard_root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    shards.sort();
+    assert_eq!(shards.len(), 3, "{shards:?}");
+    let parts: Vec<Run> = shards.iter().map(|d| Run::read(d).unwrap()).collect();
+    let n_whole = item_values(&whole).len();
+    for p in &parts {
+        let n = item_values(p).len();
+        assert!(
+            n > 0 && n < n_whole,
+            "each shard holds a share: {n} of {n_whole}"
+        );
+        assert!(p.verdicts.is_empty());
+    }
+
+    // Not every shard: refused, naming the one missing.
+    let merged = dir.path().join("merged");
+    let m = merged.to_str().unwrap();
+    let some: Vec<&str> = shards[..2].iter().map(|p| p.to_str().unwrap()).collect();
+    let mut a = vec!["merge"];
+    a.extend(&some);
+    a.extend(["--out", m]);
+    let o = scalpel(&a, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("3/3"), "{}", text(&o.stderr));
+    let twice = [some[0], some[0], some[1]];
+    let mut a = vec!["merge"];
+    a.extend(twice);
+    a.extend(["--out", m]);
+    let o = scalpel(&a, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("twice"), "{}", text(&o.stderr));
+
+    let all: Vec<&str> = shards.iter().map(|p| p.to_str().unwrap()).collect();
+    let mut a = vec!["merge"];
+    a.extend(&all);
+    a.extend(["--out", m]);
+    let o = scalpel(&a, &[]);
+    let merged_out = text(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        whole_out
+            .contains("test result: ok")
+            .then_some(0)
+            .or(Some(101)),
+        "{merged_out}{}",
+        text(&o.stderr)
+    );
+    let back = Run::read(&merged).unwrap();
+
+    // The same items with the same scores (batches differ between the runs, so the
+    // log-likelihoods may differ in float rounding, nothing more).
+    let (a, b) = (item_values(&whole), item_values(&back));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.0, y.0);
+        match (x.1, y.1) {
+            (Some(u), Some(v)) => assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{x:?} {y:?}"),
+            (u, v) => assert_eq!(u, v, "{:?}", x.0),
+        }
+    }
+    // The same verdicts, computed on the union.
+    assert_eq!(whole.verdicts.len(), back.verdicts.len());
+    for (v, w) in whole.verdicts.iter().zip(&back.verdicts) {
+        assert_eq!(v.trial, w.trial);
+        assert_eq!(v.outcome, w.outcome, "{}", v.trial);
+        assert_eq!(v.n, w.n, "{}", v.trial);
+        let close = |p: Option<f64>, q: Option<f64>| match (p, q) {
+            (Some(p), Some(q)) => (p - q).abs() < 1e-6,
+            (p, q) => p == q,
+        };
+        assert!(
+            close(v.estimate, w.estimate),
+            "{}: {:?} {:?}",
+            v.trial,
+            v.estimate,
+            w.estimate
+        );
+        assert!(
+            close(v.ci_lo, w.ci_lo) && close(v.ci_hi, w.ci_hi),
+            "{}",
+            v.trial
+        );
+    }
+    assert!(merged.join("report.html").exists());
+    assert!(merged_out.contains("merged 3 shards"), "{merged_out}");
+}
