@@ -423,9 +423,13 @@ pub fn render(run: &Run) -> Result<String, ReportError> {
     }
     let ctx = minijinja::context! {
         title => format!("{} on {}", run.meta("suite"), run.meta("model")),
-        overall => if failed { "fail" } else { "pass" },
+        overall => if failed { "fail" } else if run.verdicts.is_empty() { "underpowered" } else { "pass" },
         overall_text => if failed {
             format!("{} of {} gates did not pass", run.verdicts.iter().filter(|v| v.outcome != "pass").count(), run.verdicts.len())
+        } else if !run.meta("shard").is_empty() {
+            format!("shard {}: no verdicts (scalpel merge computes them on all shards' items)", run.meta("shard"))
+        } else if run.verdicts.is_empty() {
+            "no gates were run".to_string()
         } else {
             format!("all {} gates passed", run.verdicts.len())
         },

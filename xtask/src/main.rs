@@ -4,6 +4,7 @@
 //! and on what else is running; a bench records both and leaves judging to a person.
 
 mod bench;
+mod cluster;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,10 @@ enum Cmd {
         #[command(flatten)]
         versus: bench::versus::Args,
     },
+    /// The sharded run on a real single-node Slurm cluster started here (Debian's
+    /// slurmctld, slurmd, munge; needs root): the suite as a 4-task sbatch array, merged
+    /// by a dependent job, checked against an unsharded run item by item.
+    ClusterTest(cluster::Args),
 }
 
 #[derive(Subcommand)]
@@ -46,5 +51,6 @@ fn main() -> Result<()> {
             Some(BenchTarget::Model(args)) => bench::model::run(&args),
             Some(BenchTarget::Worker(args)) => bench::versus::ours::run(&args),
         },
+        Cmd::ClusterTest(args) => cluster::run(&args),
     }
 }
