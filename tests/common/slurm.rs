@@ -66,7 +66,14 @@ pub fn start(root: &Path) -> Result<Cluster> {
         sh(Command::new("chown").args(["munge:munge", "/run/munge"]))?;
         sh(Command::new("runuser").args(["-u", "munge", "--", "/usr/sbin/munged"]))?;
     }
-    let host = sh(Command::new("hostname").arg("-s"))?.trim().to_string();
+    // The node's name must be what slurmd calls itself; its address is pinned to the
+    // loopback, so nothing depends on the host name resolving.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or("localhost")
+        .to_string();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for d in ["state", "spool", "log"] {
         std::fs::create_dir_all(root.join(d))?;
@@ -76,7 +83,7 @@ pub fn start(root: &Path) -> Result<Cluster> {
     std::fs::write(
         &conf,
         format!(
-            "ClusterName=scalpel-test\nSlurmctldHost={host}\nSlurmUser=root\nSlurmdUser=root\n\
+            "ClusterName=scalpel-test\nSlurmctldHost={host}(127.0.0.1)\nSlurmUser=root\nSlurmdUser=root\n\
              AuthType=auth/munge\nCredType=cred/munge\n\
              StateSaveLocation={r}/state\nSlurmdSpoolDir={r}/spool\n\
              SlurmctldPidFile={r}/slurmctld.pid\nSlurmdPidFile={r}/slurmd.pid\n\
@@ -86,7 +93,7 @@ pub fn start(root: &Path) -> Result<Cluster> {
              SchedulerType=sched/backfill\nJobAcctGatherType=jobacct_gather/none\n\
              AccountingStorageType=accounting_storage/none\nMpiDefault=none\n\
              ReturnToService=2\nSlurmdTimeout=300\n\
-             NodeName={host} CPUs={cpus} State=UNKNOWN\n\
+             NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN\n\
              PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP\n"
         ),
     )?;
