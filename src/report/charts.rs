@@ -230,7 +230,7 @@ pub fn lines(
     series: &[Series],
     highlight: &[f64],
 ) -> String {
-    let (w, h, left, right, top, bottom) = (640.0, 260.0, 60.0, 150.0, 30.0, 40.0);
+    let (w, h, left, right, top, bottom) = (660.0, 260.0, 60.0, 170.0, 30.0, 40.0);
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (
         f64::INFINITY,

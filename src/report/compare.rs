@@ -197,8 +197,10 @@ fn sites_by_depth(a: &Run, b: &Run) -> Result<(Vec<SiteRow>, Vec<String>), Repor
                 .collect();
             pts.sort_by(|p, q| p.0.total_cmp(&q.0));
             if !pts.is_empty() {
+                // The legend has room for a model's name, not for "A: … selectivity".
+                let short = label.split_once(": ").map_or(label.as_str(), |(_, m)| m);
                 series.push(charts::Series {
-                    name: format!("{label}: selectivity"),
+                    name: short.to_string(),
                     points: pts,
                 });
             }
