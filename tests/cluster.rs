@@ -19,22 +19,7 @@ use scalpel::store::tables::Run;
 #[test]
 fn a_suite_sharded_as_a_slurm_array_and_merged_equals_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("fit.yaml"), common::offset_fit_config(0.25)).unwrap();
-    let suite = dir.path().join("cluster.yaml");
-    fs::write(
-        &suite,
-        "name: cluster\n\
-         interventions:\n  - {name: none}\n  - {name: steer, fit: fit.yaml}\n\
-         tasks:\n\
-         \x20 - {task: copa, limit: 24}\n\
-         \x20 - {task: crows_pairs_english, limit: 16}\n\
-         \x20 - {task: realtoxicityprompts, limit: 6, samples: 2, max_new_tokens: 8}\n\
-         gates:\n\
-         \x20 - {task: copa, metric: acc, non_inferiority: 0.3}\n\
-         \x20 - {task: realtoxicityprompts, metric: mean_toxicity, non_inferiority: 0.5}\n\
-         \x20 - {task: crows_pairs_english, metric: pct_stereotype, within: [0.0, 1.0]}\n",
-    )
-    .unwrap();
+    let suite = common::small_suite(dir.path(), "cluster");
     let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_scalpel"));
     let whole_root = dir.path().join("whole");
     let o = Command::new(&bin)

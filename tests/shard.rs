@@ -4,6 +4,10 @@
 
 mod common;
 
+// Only its comparison of two runs is used here.
+#[path = "common/slurm.rs"]
+mod slurm;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -83,49 +87,10 @@ fn only_dir(root: &Path) -> PathBuf {
     dirs.into_iter().next().unwrap()
 }
 
-/// An item row's identity: intervention, task, dataset index, metric.
-type ItemKey = (String, String, u64, String);
-
-/// `(intervention, task, idx, metric) → value`, sorted.
-fn item_values(r: &Run) -> Vec<(ItemKey, Option<f64>)> {
-    let mut v: Vec<_> = r
-        .items
-        .iter()
-        .map(|i| {
-            (
-                (
-                    i.intervention.clone(),
-                    i.task.clone(),
-                    i.idx,
-                    i.metric.clone(),
-                ),
-                i.value,
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 #[test]
 fn three_merged_shards_equal_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("fit.yaml"), common::offset_fit_config(0.25)).unwrap();
-    let suite = dir.path().join("sharded.yaml");
-    fs::write(
-        &suite,
-        "name: sharded\n\
-         interventions:\n  - {name: none}\n  - {name: steer, fit: fit.yaml}\n\
-         tasks:\n\
-         \x20 - {task: copa, limit: 30}\n\
-         \x20 - {task: crows_pairs_english, limit: 24}\n\
-         \x20 - {task: realtoxicityprompts, limit: 7, samples: 2, max_new_tokens: 8}\n\
-         gates:\n\
-         \x20 - {task: copa, metric: acc, non_inferiority: 0.3}\n\
-         \x20 - {task: realtoxicityprompts, metric: mean_toxicity, non_inferiority: 0.5}\n\
-         \x20 - {task: crows_pairs_english, metric: pct_stereotype, within: [0.0, 1.0]}\n",
-    )
-    .unwrap();
+    let suite = common::small_suite(dir.path(), "sharded");
     let s = suite.to_str().unwrap();
     let whole_root = dir.path().join("whole");
     let o = scalpel(
@@ -175,9 +140,9 @@ fn three_merged_shards_equal_the_unsharded_run() {
     shards.sort();
     assert_eq!(shards.len(), 3, "{shards:?}");
     let parts: Vec<Run> = shards.iter().map(|d| Run::read(d).unwrap()).collect();
-    let n_whole = item_values(&whole).len();
+    let n_whole = whole.items.len();
     for p in &parts {
-        let n = item_values(p).len();
+        let n = p.items.len();
         assert!(
             n > 0 && n < n_whole,
             "each shard holds a share: {n} of {n_whole}"
@@ -221,39 +186,10 @@ fn three_merged_shards_equal_the_unsharded_run() {
     let back = Run::read(&merged).unwrap();
 
     // The same items with the same scores (batches differ between the runs, so the
-    // log-likelihoods may differ in float rounding, nothing more).
-    let (a, b) = (item_values(&whole), item_values(&back));
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x.0, y.0);
-        match (x.1, y.1) {
-            (Some(u), Some(v)) => assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{x:?} {y:?}"),
-            (u, v) => assert_eq!(u, v, "{:?}", x.0),
-        }
-    }
-    // The same verdicts, computed on the union.
-    assert_eq!(whole.verdicts.len(), back.verdicts.len());
-    for (v, w) in whole.verdicts.iter().zip(&back.verdicts) {
-        assert_eq!(v.trial, w.trial);
-        assert_eq!(v.outcome, w.outcome, "{}", v.trial);
-        assert_eq!(v.n, w.n, "{}", v.trial);
-        let close = |p: Option<f64>, q: Option<f64>| match (p, q) {
-            (Some(p), Some(q)) => (p - q).abs() < 1e-6,
-            (p, q) => p == q,
-        };
-        assert!(
-            close(v.estimate, w.estimate),
-            "{}: {:?} {:?}",
-            v.trial,
-            v.estimate,
-            w.estimate
-        );
-        assert!(
-            close(v.ci_lo, w.ci_lo) && close(v.ci_hi, w.ci_hi),
-            "{}",
-            v.trial
-        );
-    }
+    // log-likelihoods may differ in float rounding, nothing more), and the same
+    // verdicts, computed on the union.
+    slurm::compare(&whole, &back).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(back.verdicts.len(), 4);
     assert!(merged.join("report.html").exists());
     assert!(merged_out.contains("merged 3 shards"), "{merged_out}");
 }

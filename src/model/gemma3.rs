@@ -292,13 +292,7 @@ impl Gemma3 {
                 &mut cache,
             )?;
         }
-        let logits = match at {
-            LogitsAt::All => self.unembed_inner(&resid)?,
-            LogitsAt::Last => self.unembed_inner(&resid.narrow(1, t - 1, 1)?)?,
-            LogitsAt::Skip => {
-                Tensor::zeros((b, 0, self.cfg.vocab_size), resid.dtype(), &self.device)?
-            }
-        };
+        let logits = super::logits_at(at, &resid, self.cfg.vocab_size, |h| self.unembed_inner(h))?;
         Ok(ForwardOutput { logits, cache })
     }
 

@@ -324,14 +324,7 @@ impl Gpt2 {
                 &mut cache,
             )?;
         }
-        let logits = match at {
-            LogitsAt::All => self.unembed_inner(&resid)?,
-            LogitsAt::Last => self.unembed_inner(&resid.narrow(1, t - 1, 1)?)?,
-            LogitsAt::Skip => {
-                let vocab = self.lm_head.dim(0)?;
-                Tensor::zeros((b, 0, vocab), resid.dtype(), &self.device)?
-            }
-        };
+        let logits = super::logits_at(at, &resid, self.lm_head.dim(0)?, |h| self.unembed_inner(h))?;
         Ok(ForwardOutput { logits, cache })
     }
 

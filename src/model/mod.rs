@@ -294,6 +294,22 @@ pub(crate) fn sliding_attention_mask(
     }
 }
 
+/// The logits a call asked for, from the stream leaving the last block `[b, t, d]`:
+/// every position, the last, or none (`[b, 0, vocab]`, no unembedding).
+pub(crate) fn logits_at(
+    at: LogitsAt,
+    resid: &Tensor,
+    vocab: usize,
+    unembed: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (b, t, _) = resid.dims3()?;
+    match at {
+        LogitsAt::All => unembed(resid),
+        LogitsAt::Last => unembed(&resid.narrow(1, t - 1, 1)?),
+        LogitsAt::Skip => Tensor::zeros((b, 0, vocab), resid.dtype(), resid.device()),
+    }
+}
+
 /// [`Transformer::forward_blocks`] for an architecture whose `block(l, x, cache)` runs
 /// block `l` at positions from 0 without a KV cache.
 pub(crate) fn run_blocks(

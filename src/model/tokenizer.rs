@@ -252,13 +252,7 @@ impl Tokenizer {
                 "vocab": vocab, "merges": merges,
             }
         });
-        let inner: tokenizers::Tokenizer =
-            spec.to_string()
-                .parse()
-                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
-                    path: path.clone(),
-                    message: format!("building SentencePiece BPE from GGUF vocabulary: {e}"),
-                })?;
+        let inner = parse_spec(&spec, &path, "SentencePiece BPE")?;
         let mut tok = Self::with_gguf_specials(g, inner, &raw)?;
         // Instruction-tuned Gemma ends a turn with <end_of_turn>; generation stops there too.
         if let Some(id) = tok.inner.token_to_id("<end_of_turn>") {
@@ -324,13 +318,7 @@ impl Tokenizer {
                 "vocab": vocab, "merges": merges,
             }
         });
-        let inner: tokenizers::Tokenizer =
-            spec.to_string()
-                .parse()
-                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
-                    path: path.clone(),
-                    message: format!("building BPE from GGUF vocabulary: {e}"),
-                })?;
+        let inner = parse_spec(&spec, &path, "BPE")?;
         Self::with_gguf_specials(g, inner, &tokens)
     }
 
@@ -371,6 +359,16 @@ impl Tokenizer {
             chat_template,
         })
     }
+}
+
+/// A tokenizer from the `tokenizer.json` document a GGUF's vocabulary was rebuilt into.
+fn parse_spec(spec: &Value, path: &Path, what: &str) -> Result<tokenizers::Tokenizer, ModelError> {
+    spec.to_string()
+        .parse()
+        .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!("building {what} from GGUF vocabulary: {e}"),
+        })
 }
 
 /// `tokenizer.json` pre-tokenizers for llama.cpp's `tokenizer.ggml.pre` names.

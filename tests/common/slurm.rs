@@ -1,6 +1,8 @@
 //! A single-node Slurm cluster on this machine, for the sharded-run tests: shared by
 //! `tests/cluster.rs` (CI) and `cargo xtask cluster-test` (any suite), which include this
-//! file by path. Debian's slurmctld, slurmd and munge; the daemons run as root.
+//! file by path (`tests/shard.rs` uses only its comparison of two runs). Debian's
+//! slurmctld, slurmd and munge; the daemons run as root.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
