@@ -97,6 +97,17 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
     let mut parts = PartCounts::default();
     for t in &suite.tasks {
         let task = load_task(t).map_err(|e| bad(format!("{}: {e}", t.id)))?;
+        // Each shard's share of this task, as the shard itself cut it: the same for
+        // every intervention.
+        let shares: Vec<(Vec<usize>, Box<dyn crate::tasks::Task>)> = shards
+            .iter()
+            .map(|s| {
+                let keep = s.shard.select(task.as_ref());
+                let mut sub = task.clone_box();
+                sub.retain(&keep);
+                (keep, sub)
+            })
+            .collect();
         for iv in &suite.interventions {
             let name = format!("{}--{}.jsonl", store::file_safe(&iv.name), t.id);
             if !shards
@@ -106,12 +117,24 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
                 continue;
             }
             let mut slots: Vec<Option<ItemScore>> = vec![None; task.len()];
-            for s in &shards {
+            for (s, (keep, sub)) in shards.iter().zip(&shares) {
                 let path = s.dir.join("journal").join(&name);
+                if keep.is_empty() {
+                    continue;
+                }
+                // Opening creates a missing journal: a merge must not write into its
+                // inputs, and a shard without one did not run the case.
+                if !path.exists() {
+                    return Err(bad(format!(
+                        "{}: shard {} has no journal for {}::{}: the shard did not run \
+                         this case (rerun it, then merge)",
+                        s.dir.display(),
+                        s.shard,
+                        iv.name,
+                        t.id
+                    )));
+                }
                 let journal = Journal::open(&path).map_err(store_err(&path))?;
-                let keep = s.shard.select(task.as_ref());
-                let mut sub = task.clone_box();
-                sub.retain(&keep);
                 let size = part_size(sub.as_ref());
                 let mut start = 0;
                 while start < keep.len() {
