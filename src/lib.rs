@@ -6,6 +6,8 @@
 //! transformer), [`tasks`] (evaluation tasks), [`score`] (what tasks ask of a model).
 pub mod assets;
 pub mod data;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod harness;
 pub mod intervene;
 pub mod machine;
