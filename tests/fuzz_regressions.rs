@@ -42,10 +42,13 @@ fn every_kept_input_is_rejected_or_read_without_a_panic() {
 /// reach every reader (metadata, tokenizer, tensors), not only the magic number check.
 #[test]
 fn the_gguf_seeds_load() {
-    for p in corpus("gguf")
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("seed-"))
-    {
+    for p in corpus("gguf").into_iter().filter(|p| {
+        p.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("seed-")
+    }) {
         let m = LoadedModel::load_local("seed", &LocalModel::Gguf(p.clone()), &Device::Cpu)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let ids = m.encode("the a").unwrap();

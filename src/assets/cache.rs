@@ -339,6 +339,26 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
+/// The first installed file whose sha256 or size differs from the manifest's,
+/// as a one-line reason naming it; `None` when every file matches.
+pub(crate) fn first_mismatch(dir: &Path, manifest: &Manifest) -> Option<String> {
+    for f in &manifest.files {
+        let path = join_relative(dir, &f.path);
+        match sha256_file(&path) {
+            Ok((sha, size)) if sha == f.sha256 && size == f.size => {}
+            Ok((sha, _)) => {
+                return Some(format!(
+                    "{}: sha256 expected {}, got {sha}",
+                    path.display(),
+                    f.sha256
+                ))
+            }
+            Err(e) => return Some(format!("{}: {e}", path.display())),
+        }
+    }
+    None
+}
+
 /// Rehashes every installed file against the manifest. On a mismatch the
 /// manifest is removed, so the next `ensure` fetches the asset again.
 pub(crate) fn verify(home: &Path, asset: &Asset, progress: &Progress) -> Result<(), AssetError> {

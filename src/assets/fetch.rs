@@ -53,6 +53,30 @@ impl FetchOutcome {
     }
 }
 
+/// [`cache::first_mismatch`], remembered per directory for the life of the
+/// process once it found nothing.
+fn verified_once(dir: &Path, m: &Manifest) -> Option<String> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static VERIFIED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let seen = |d: &Path| {
+        VERIFIED
+            .lock()
+            .map(|g| g.as_ref().is_some_and(|s| s.contains(d)))
+            .unwrap_or(false)
+    };
+    if seen(dir) {
+        return None;
+    }
+    let why = cache::first_mismatch(dir, m);
+    if why.is_none() {
+        if let Ok(mut g) = VERIFIED.lock() {
+            g.get_or_insert_with(HashSet::new).insert(dir.to_path_buf());
+        }
+    }
+    why
+}
+
 /// Fetches `asset` into `home` unless it is already complete there.
 /// `announce_present` prints "already present" (wanted by an explicit
 /// fetch command, noise on every model load).
@@ -73,8 +97,19 @@ pub(crate) fn fetch(
         }
         Ok(FetchOutcome::AlreadyPresent(dir))
     };
-    if let State::Present(_) = cache::check(home, asset) {
-        return present(cache::asset_dir(home, asset.id));
+    if let State::Present(m) = cache::check(home, asset) {
+        let dir = cache::asset_dir(home, asset.id);
+        // Sizes are checked on every use; contents once per process, on first use: a
+        // damaged file (a flipped byte, a partial overwrite) is found before a model or
+        // data set is read from it, and fetched again rather than used.
+        match verified_once(&dir, &m) {
+            None => return present(dir),
+            Some(why) => {
+                progress.line(&format!("{}: {why}; fetching again", asset.id));
+                let _lock = cache::lock(home, asset.id, &progress)?;
+                let _ = fs::remove_file(dir.join(cache::MANIFEST_FILE));
+            }
+        }
     }
 
     let _lock = cache::lock(home, asset.id, &progress)?;

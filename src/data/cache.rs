@@ -56,11 +56,26 @@ pub fn cached_path(dir: &Path, path: &Path, format: Format) -> Result<PathBuf, D
 /// error here (and nothing is cached): the caller decides.
 pub fn read_through(path: &Path, format: Format, dir: &Path) -> Result<Vec<Doc>, DataError> {
     let cached = cached_path(dir, path, format)?;
+    let sum_path = sum_path(&cached);
     if cached.is_file() {
-        // An unreadable cache file (a truncated disk write) is rebuilt, not reported.
-        if let Ok(rows) = parquet::read(&cached) {
-            if !rows.is_empty() {
-                return Ok(rows);
+        // The parquet's own sha256 sits beside it: a damaged cache file (a truncated
+        // write, a flipped byte that still decodes) is rebuilt from the source, never read.
+        // (A cache file from before checksums has none: rebuilt without a word.)
+        let (whole, said) = match (fs::read(&cached), fs::read_to_string(&sum_path)) {
+            (Ok(bytes), Ok(sum)) => (sum.trim() == sha256_hex(&bytes), true),
+            _ => (false, false),
+        };
+        if !whole && said {
+            eprintln!(
+                "scalpel: cached {} does not match its sha256; converting {} again",
+                cached.display(),
+                path.display()
+            );
+        } else if whole {
+            if let Ok(rows) = parquet::read(&cached) {
+                if !rows.is_empty() {
+                    return Ok(rows);
+                }
             }
         }
     }
@@ -94,8 +109,31 @@ pub fn read_through(path: &Path, format: Format, dir: &Path) -> Result<Vec<Doc>,
             .map_err(io(tmp.path()))?;
     }
     tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+    let bytes = fs::read(tmp.path()).map_err(io(tmp.path()))?;
+    // The checksum goes first: a parquet without its checksum is rebuilt, never the
+    // reverse.
+    crate::store::write_atomic(&sum_path, sha256_hex(&bytes).as_bytes()).map_err(|e| {
+        DataError::Format {
+            path: path.to_path_buf(),
+            message: format!("caching: {e}"),
+        }
+    })?;
     tmp.persist(&cached).map_err(|e| io(&cached)(e.error))?;
     parquet::read(&cached)
+}
+
+/// Where the sha256 of cache file `cached` is kept.
+fn sum_path(cached: &Path) -> PathBuf {
+    let mut name = cached.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -111,7 +149,11 @@ mod tests {
         std::fs::write(&p, "{\"a\": 1, \"b\": [\"x\"]}\n{\"a\": 2.5}\n").unwrap();
         let first = read_through(&p, Format::Jsonl, cache.path()).unwrap();
         let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
-        assert_eq!(files.len(), 1, "one parquet file, no temp files left");
+        assert_eq!(
+            files.len(),
+            2,
+            "one parquet file and its sha256, no temp files left"
+        );
         let cached = cached_path(cache.path(), &p, Format::Jsonl).unwrap();
         assert!(cached.is_file());
         #[cfg(unix)]
@@ -121,12 +163,25 @@ mod tests {
             assert_eq!(mode & 0o777, 0o644);
         }
         assert_eq!(Value::Object(first[1].clone()), json!({"a": 2.5}));
-        // A later run reads the parquet, not the source: replaced rows come back.
+        // A later run reads the parquet, not the source: replaced rows (with their
+        // checksum) come back.
         let marked = vec![json!({"a": "from cache"}).as_object().unwrap().clone()];
         parquet::write(&cached, &marked).unwrap();
+        let sum = sha256_hex(&std::fs::read(&cached).unwrap());
+        std::fs::write(sum_path(&cached), &sum).unwrap();
         assert_eq!(
             read_through(&p, Format::Jsonl, cache.path()).unwrap(),
             marked
+        );
+        // Replaced rows without a matching checksum are a damaged file: rebuilt.
+        parquet::write(
+            &cached,
+            &[json!({"a": "tampered"}).as_object().unwrap().clone()],
+        )
+        .unwrap();
+        assert_eq!(
+            read_through(&p, Format::Jsonl, cache.path()).unwrap(),
+            first
         );
         // A corrupt cache file is rebuilt from the source.
         std::fs::write(&cached, b"junk").unwrap();

@@ -91,6 +91,15 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
         suite
     };
 
+    // A case that failed in any shard failed in the run.
+    let mut failed: BTreeMap<(String, TaskId), String> = BTreeMap::new();
+    for s in &shards {
+        for (k, why) in record::failed_cases(&s.run.meta) {
+            failed
+                .entry(k)
+                .or_insert_with(|| format!("shard {}: {why}", s.shard));
+        }
+    }
     // Every case any shard ran, from the journals.
     let mut reports: BTreeMap<(String, TaskId), TaskReport> = BTreeMap::new();
     let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
@@ -110,6 +119,9 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
             .collect();
         for iv in &suite.interventions {
             let name = format!("{}--{}.jsonl", store::file_safe(&iv.name), t.id);
+            if failed.contains_key(&(iv.name.clone(), t.id)) {
+                continue;
+            }
             if !shards
                 .iter()
                 .any(|s| s.dir.join("journal").join(&name).exists())
@@ -201,11 +213,11 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
         .filter(|(gi, iv)| {
             let g = &suite.gates[*gi];
             let level = g.gate.effect == crate::stats::paired::Effect::Level;
-            reports.contains_key(&(iv.clone(), g.task))
-                && (level || reports.contains_key(&(suite.reference.clone(), g.task)))
+            let here = |k: (String, TaskId)| reports.contains_key(&k) || failed.contains_key(&k);
+            here((iv.clone(), g.task)) && (level || here((suite.reference.clone(), g.task)))
         })
         .collect();
-    let trials = verdicts(&suite, &wanted, &reports);
+    let trials = verdicts(&suite, &wanted, &reports, &failed);
     let manifests = first.run.manifests().map_err(store_err(&first.dir))?;
     for (stage, v) in &first.run.meta {
         if let Some(fit) = stage.strip_prefix("seconds.fit ") {
@@ -252,6 +264,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
         seconds,
         manifests,
         parts,
+        failed,
     };
     record::write(&dir, &suite, &out_run, &info).map_err(store_err(out))?;
     let report = crate::report::render_run_dir(&dir.dir).map_err(|e| HarnessError::Report {

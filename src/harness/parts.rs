@@ -97,11 +97,38 @@ pub fn run_case(
                     seed: *seed,
                     hooks: hooks.clone(),
                 };
-                let report = sub.run(&mut pcx).map_err(|e| HarnessError::Task {
-                    intervention: intervention.to_string(),
-                    task: task.id(),
-                    source: Box::new(e),
-                })?;
+                let report = match sub.run(&mut pcx) {
+                    Ok(r) => r,
+                    Err(e) if e.is_numeric() => {
+                        return Err(isolate(intervention, task, range, &mut pcx, e))
+                    }
+                    Err(e) => {
+                        return Err(HarnessError::Task {
+                            intervention: intervention.to_string(),
+                            task: task.id(),
+                            source: Box::new(e),
+                        })
+                    }
+                };
+                if let Some((k, it)) = report
+                    .items
+                    .iter()
+                    .enumerate()
+                    .find(|(_, it)| it.values().values().any(|v| !v.is_finite()))
+                {
+                    let bad: Vec<String> = it
+                        .values()
+                        .into_iter()
+                        .filter(|(_, v)| !v.is_finite())
+                        .map(|(m, v)| format!("{m} = {v}"))
+                        .collect();
+                    return Err(HarnessError::Case {
+                        intervention: intervention.to_string(),
+                        task: task.id(),
+                        item: describe_item(task, range.start + k),
+                        message: format!("scored {}", bad.join(", ")),
+                    });
+                }
                 if let Some(j) = journal.as_deref_mut() {
                     j.append(&key, began.elapsed().as_secs_f64(), &report.items)
                         .map_err(store_err)?;
@@ -118,4 +145,45 @@ pub fn run_case(
         TaskReport::from_items(task.id(), &model.name, items),
         counts,
     ))
+}
+
+/// The failure of a part, pinned to its first item that fails alone: the message names
+/// the item a user can look up, not a batch.
+fn isolate(
+    intervention: &str,
+    task: &dyn Task,
+    range: Range<usize>,
+    cx: &mut RunContext<'_>,
+    first: crate::tasks::TaskError,
+) -> HarnessError {
+    let case = |item: String, e: &crate::tasks::TaskError| HarnessError::Case {
+        intervention: intervention.to_string(),
+        task: task.id(),
+        item,
+        message: e.to_string(),
+    };
+    for i in range.clone() {
+        let mut one = task.clone_box();
+        one.retain(&[i]);
+        if let Err(e) = one.run(cx) {
+            return case(describe_item(task, i), &e);
+        }
+    }
+    // Alone every item is fine: the batch as a whole failed (e.g. padding).
+    case(
+        format!("items {}..{} together", range.start, range.end),
+        &first,
+    )
+}
+
+/// `item 12 ("The man broke his toe…")`: its position in the case and the start of its
+/// key, which is drawn from its content.
+pub(crate) fn describe_item(task: &dyn Task, i: usize) -> String {
+    // Keys join an item's fields with a unit separator; a reader wants a visible one.
+    let key = task.item_key(i).replace('\u{1f}', " | ");
+    let mut short: String = key.chars().take(48).collect();
+    if short.len() < key.len() {
+        short.push('…');
+    }
+    format!("item {i} ({short:?})")
 }

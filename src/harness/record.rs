@@ -151,6 +151,22 @@ pub fn write(
     Ok(())
 }
 
+/// Metadata key prefix of a case that could not be scored: `failed.<intervention>::<task>`
+/// holds the error.
+pub const FAILED_PREFIX: &str = "failed.";
+
+/// The failed cases a stored run records, read back from its metadata.
+pub fn failed_cases(
+    meta: &BTreeMap<String, String>,
+) -> BTreeMap<(String, crate::tasks::TaskId), String> {
+    meta.iter()
+        .filter_map(|(k, v)| {
+            let (iv, task) = k.strip_prefix(FAILED_PREFIX)?.rsplit_once("::")?;
+            Some(((iv.to_string(), task.parse().ok()?), v.clone()))
+        })
+        .collect()
+}
+
 fn metadata(
     store: &RunDir,
     suite: &Suite,
@@ -208,6 +224,9 @@ fn metadata(
     }
     for (stage, s) in &out.seconds {
         put(&format!("seconds.{stage}"), format!("{s:.2}"));
+    }
+    for ((iv, task), why) in &out.failed {
+        put(&format!("{FAILED_PREFIX}{iv}::{task}"), why.clone());
     }
     Ok(m.into_iter()
         .map(|(key, value)| MetaRow { key, value })

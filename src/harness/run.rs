@@ -37,6 +37,15 @@ pub enum HarnessError {
         task: TaskId,
         source: Box<TaskError>,
     },
+    /// One case (an intervention on a task) could not be scored: its numbers blew up on
+    /// an item. The run's other cases go on; the trials that read this case fail.
+    #[error("intervention '{intervention}', task {task}, {item}: {message}")]
+    Case {
+        intervention: String,
+        task: TaskId,
+        item: String,
+        message: String,
+    },
     #[error("model '{model}': {source}")]
     Model {
         model: String,
@@ -105,6 +114,9 @@ pub struct RunOutput {
     pub manifests: BTreeMap<String, Manifest>,
     /// Parts of cases computed in this process and read back from the store's journals.
     pub parts: PartCounts,
+    /// The cases that could not be scored ([`HarnessError::Case`]), with the error: the
+    /// trials reading them fail with it, and the report lists them.
+    pub failed: BTreeMap<(String, TaskId), String>,
 }
 
 /// Where a run is, for a progress display.
@@ -192,6 +204,7 @@ pub fn run(
     }
 
     let mut reports = BTreeMap::new();
+    let mut failed = BTreeMap::new();
     let mut parts = PartCounts::default();
     for t in &suite.tasks {
         let users: Vec<&String> = suite
@@ -246,11 +259,18 @@ pub fn run(
                         what: format!("{name}::{}", t.id),
                         source: Box::new(source),
                     })?;
-            let (report, counts) = run_case(name, task.as_ref(), &mut cx, journal.as_mut())?;
-            parts.computed += counts.computed;
-            parts.reused += counts.reused;
+            match run_case(name, task.as_ref(), &mut cx, journal.as_mut()) {
+                Ok((report, counts)) => {
+                    parts.computed += counts.computed;
+                    parts.reused += counts.reused;
+                    reports.insert((name.clone(), t.id), report);
+                }
+                Err(e @ HarnessError::Case { .. }) => {
+                    failed.insert((name.clone(), t.id), e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
             seconds.insert(format!("{name}::{}", t.id), start.elapsed().as_secs_f64());
-            reports.insert((name.clone(), t.id), report);
         }
     }
 
@@ -258,7 +278,7 @@ pub fn run(
     // verdicts come from `scalpel merge`, on the union of the shards.
     let trials = match sel.shard {
         Some(_) => Vec::new(),
-        None => verdicts(suite, &wanted, &reports),
+        None => verdicts(suite, &wanted, &reports, &failed),
     };
     Ok(RunOutput {
         trials,
@@ -266,6 +286,7 @@ pub fn run(
         seconds,
         manifests,
         parts,
+        failed,
     })
 }
 
@@ -331,11 +352,20 @@ pub(crate) fn verdicts(
     suite: &Suite,
     wanted: &[(usize, String)],
     reports: &BTreeMap<(String, TaskId), TaskReport>,
+    failed: &BTreeMap<(String, TaskId), String>,
 ) -> Vec<TrialResult> {
     let mut samples: Vec<Result<Paired, String>> = Vec::new();
     for (gi, iv) in wanted {
         let g = &suite.gates[*gi];
         let level = g.gate.effect == crate::stats::paired::Effect::Level;
+        let mut needs = vec![(iv.clone(), g.task)];
+        if !level {
+            needs.insert(0, (suite.reference.clone(), g.task));
+        }
+        if let Some(why) = needs.iter().find_map(|k| failed.get(k)) {
+            samples.push(Err(why.clone()));
+            continue;
+        }
         let reference = (!level).then(|| &reports[&(suite.reference.clone(), g.task)]);
         let mine = &reports[&(iv.clone(), g.task)];
         samples.push(

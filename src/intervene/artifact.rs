@@ -230,9 +230,15 @@ pub fn save(
         })
         .collect::<candle_core::Result<_>>()
         .map_err(|e| tensors_err(&tpath, e))?;
-    candle_core::safetensors::save(&tensors, &tpath).map_err(|e| tensors_err(&tpath, e))?;
+    // Tensors first, then the manifest, each written beside its name and renamed: the
+    // manifest is what marks the artefact complete, so a process killed mid-save leaves
+    // no manifest (a fixture is refitted) rather than one describing half a file.
+    let _ = std::fs::remove_file(dir.join(MANIFEST));
+    let tmp = dir.join(format!(".{TENSORS}.tmp{}", std::process::id()));
+    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| tensors_err(&tpath, e))?;
     let mut h = Sha256::new();
-    hash_file(&tpath, &mut h)?;
+    hash_file(&tmp, &mut h)?;
+    std::fs::rename(&tmp, &tpath).map_err(|e| io(&tpath, e))?;
     let info = model.model.info();
     let manifest = Manifest {
         format: FORMAT,
@@ -267,7 +273,13 @@ pub fn save(
         path: mpath.clone(),
         message: e.to_string(),
     })?;
-    std::fs::write(&mpath, text).map_err(|e| io(&mpath, e))?;
+    crate::store::write_atomic(&mpath, text.as_bytes()).map_err(|e| match e {
+        crate::store::StoreError::Io { path, source } => io(&path, source),
+        other => ArtifactError::Manifest {
+            path: mpath.clone(),
+            message: other.to_string(),
+        },
+    })?;
     Ok(manifest)
 }
 

@@ -290,6 +290,50 @@ fn sweep_key(
         .collect()
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The sweep cached at `path`, if it is there and whole; a damaged one is reported and
+/// recomputed. The file is the sha256 of the JSON on its first line, the JSON after.
+fn read_sweep(path: &Path) -> Option<Vec<select::SiteEffect>> {
+    let bytes = std::fs::read(path).ok()?;
+    let checked = match bytes.iter().position(|&b| b == b'\n') {
+        Some(n) if bytes[..n] == *sha256_hex(&bytes[n + 1..]).as_bytes() => {
+            serde_json::from_slice(&bytes[n + 1..]).map_err(|e| e.to_string())
+        }
+        _ => Err("its contents do not match their sha256".to_string()),
+    };
+    match checked {
+        Ok(v) => Some(v),
+        Err(why) => {
+            eprintln!(
+                "scalpel: cached sweep {}: {why}; measuring it again",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Cache a sweep; a cache that cannot be written costs a recomputation next time,
+/// nothing more.
+fn write_sweep(path: &Path, effects: &[select::SiteEffect]) {
+    let Ok(body) = serde_json::to_vec(effects) else {
+        return;
+    };
+    let mut bytes = sha256_hex(&body).into_bytes();
+    bytes.push(b'\n');
+    bytes.extend(body);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::store::write_atomic(path, &bytes);
+    }
+}
+
 /// What [`run`] did.
 pub struct FitOutcome {
     pub dir: PathBuf,
@@ -316,13 +360,23 @@ pub fn run(
     let cache = fixture_dir(&fingerprint, cfg, &data);
     let dir = out.map(Path::to_path_buf).unwrap_or_else(|| cache.clone());
     if !force && dir.join(artifact::MANIFEST).is_file() && out.is_none() {
-        let (intervention, manifest) = artifact::load(&dir, model)?;
-        return Ok(FitOutcome {
-            dir,
-            manifest,
-            intervention,
-            cached: true,
-        });
+        match artifact::load(&dir, model) {
+            Ok((intervention, manifest)) => {
+                return Ok(FitOutcome {
+                    dir,
+                    manifest,
+                    intervention,
+                    cached: true,
+                })
+            }
+            // The cache is keyed by this model's fingerprint, so a cached artefact that
+            // does not load is damaged (a truncated write, a flipped byte the tensors'
+            // hash catches): never used, fitted again in its place.
+            Err(e) => eprintln!(
+                "scalpel: cached fixture {}: {e}; fitting it again",
+                dir.display()
+            ),
+        }
     }
     let c = Contrast { harmful, harmless };
     let mut selection = Vec::new();
@@ -334,9 +388,7 @@ pub fn run(
             .join("fixtures")
             .join("sweeps")
             .join(format!("{key}.json"));
-        let cached: Option<Vec<select::SiteEffect>> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let cached = read_sweep(&path);
         let effects = match cached {
             Some(e) if !e.is_empty() && !force => e,
             _ => {
@@ -346,11 +398,7 @@ pub fn run(
                     })?;
                 // A cache that cannot be written costs a recomputation next time, nothing
                 // more.
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir).and_then(|_| {
-                        std::fs::write(&path, serde_json::to_vec(&effects).unwrap_or_default())
-                    });
-                }
+                write_sweep(&path, &effects);
                 effects
             }
         };

@@ -49,6 +49,9 @@ pub enum ModelError {
     /// A call whose arguments do not fit the model (shapes, layer ranges).
     #[error("model call: {0}")]
     Call(String),
+    /// The forward pass produced NaN or infinite values.
+    #[error("non-finite values: {what}")]
+    NonFinite { what: String },
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -323,7 +323,9 @@ impl Transformer for Gemma3 {
         at: LogitsAt,
     ) -> Result<ForwardOutput, ModelError> {
         super::check_call(&self.info, ids, kv.as_deref(), hooks)?;
-        Ok(self.forward_inner(ids, kv, hooks, at)?)
+        let out = self.forward_inner(ids, kv, hooks, at)?;
+        super::check_finite(&out.logits)?;
+        Ok(out)
     }
 
     fn forward_blocks(

@@ -310,6 +310,38 @@ pub(crate) fn logits_at(
     }
 }
 
+/// NaN or infinite logits (an intervention that blows the stream up, a broken weight)
+/// are an error here, where they appear, rather than scores that look like numbers
+/// downstream: an argmax over NaN still picks an answer.
+pub(crate) fn check_finite(logits: &Tensor) -> Result<(), ModelError> {
+    // One reduction in the common case; the sum of finite logits overflows only for
+    // absurd magnitudes, which the element scan below then tells apart.
+    let sum = logits
+        .sum_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    if sum.is_finite() {
+        return Ok(());
+    }
+    let (b, t, v) = logits.dims3()?;
+    let flat = logits
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if let Some(i) = flat.iter().position(|x| !x.is_finite()) {
+        return Err(ModelError::NonFinite {
+            what: format!(
+                "logits are {} at batch row {} of {b}, position {} of {t} (token id {})",
+                flat[i],
+                i / (t * v),
+                (i / v) % t,
+                i % v
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// [`Transformer::forward_blocks`] for an architecture whose `block(l, x, cache)` runs
 /// block `l` at positions from 0 without a KV cache.
 pub(crate) fn run_blocks(

@@ -437,6 +437,10 @@ pub fn render(run: &Run) -> Result<String, ReportError> {
         meta,
         reference => run.meta("reference"),
         verdicts => run.verdicts.iter().map(verdict_view).collect::<Vec<_>>(),
+        failures => crate::harness::record::failed_cases(&run.meta)
+            .into_iter()
+            .map(|((iv, task), why)| (format!("{iv}::{task}"), why))
+            .collect::<Vec<_>>(),
         forests => forests(&run.verdicts, |v| v.intervention.clone()).into_iter().map(|svg| Figure { svg }).collect::<Vec<_>>(),
         sweeps => sweeps(run)?,
         traces => trace_figures(run)?,

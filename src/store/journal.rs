@@ -1,10 +1,13 @@
-//! A case's journal: one JSON line per completed part of a task (its items' scores),
-//! appended and synced as each part finishes, so a run killed at any point loses at most
-//! the part in flight. A torn last line (the process died mid-write) is cut off on open.
+//! A case's journal: one line per completed part of a task (its items' scores, as JSON,
+//! then a tab and the sha256 of that JSON), appended and synced as each part finishes, so
+//! a run killed at any point loses at most the part in flight. On open, a torn last line
+//! (the process died mid-write) is cut off, and a line whose JSON does not match its
+//! sha256 (a damaged file) is reported and dropped: its part is scored again, never
+//! read.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -41,26 +44,47 @@ impl Journal {
             .open(path)
             .map_err(io)?;
         let mut done = HashMap::new();
-        let mut good = 0u64;
-        let mut reader = BufReader::new(&file);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line).map_err(io)?;
-            if n == 0 || !line.ends_with('\n') {
-                break;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut BufReader::new(&file), &mut text).map_err(io)?;
+        // Only whole lines count: bytes after the last newline are a torn write.
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let mut kept: Vec<&[u8]> = Vec::new();
+        let mut dropped = 0usize;
+        for (n, line) in text[..whole].split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
             }
-            match serde_json::from_str::<Part>(&line) {
+            match check_line(line) {
                 Ok(p) => {
-                    good += n as u64;
+                    kept.push(line);
                     done.insert(p.key.clone(), p);
                 }
-                Err(_) => break,
+                Err(why) => {
+                    dropped += 1;
+                    eprintln!(
+                        "scalpel: {} line {}: {why}; that part is scored again",
+                        path.display(),
+                        n + 1
+                    );
+                }
             }
         }
-        drop(reader);
-        if good < file.metadata().map_err(io)?.len() {
-            file.set_len(good).map_err(io)?;
+        if dropped > 0 {
+            // Rewritten without the damaged lines, so that what follows appends to a
+            // journal that reads back whole.
+            let mut clean = Vec::new();
+            for l in &kept {
+                clean.extend_from_slice(l);
+                clean.push(b'\n');
+            }
+            super::write_atomic(path, &clean)?;
+            file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(io)?;
+        } else if (whole as u64) < file.metadata().map_err(io)?.len() {
+            file.set_len(whole as u64).map_err(io)?;
             file.seek(SeekFrom::End(0)).map_err(io)?;
         }
         Ok(Journal {
@@ -102,11 +126,11 @@ impl Journal {
                     message: format!("an item does not serialise: {e}"),
                 })?,
         };
-        let mut line = serde_json::to_string(&part).map_err(|e| StoreError::Corrupt {
+        let json = serde_json::to_string(&part).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
-        line.push('\n');
+        let line = format!("{json}\t{}\n", sha256_hex(json.as_bytes()));
         let io = |source| StoreError::Io {
             path: self.path.clone(),
             source,
@@ -118,6 +142,28 @@ impl Journal {
         self.done.insert(part.key.clone(), part);
         Ok(())
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A journal line read back: its JSON must hash to the sha256 after its last tab (JSON
+/// text never holds a raw tab) and parse as a part.
+fn check_line(line: &[u8]) -> Result<Part, String> {
+    let tab = line
+        .iter()
+        .rposition(|&b| b == b'\t')
+        .ok_or("no checksum")?;
+    let (json, sum) = (&line[..tab], &line[tab + 1..]);
+    if sum != sha256_hex(json).as_bytes() {
+        return Err("its contents do not match their sha256".into());
+    }
+    serde_json::from_slice(json).map_err(|e| format!("unreadable part: {e}"))
 }
 
 #[cfg(test)]
@@ -160,5 +206,31 @@ mod tests {
         assert_eq!(j.len(), 3);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "the torn line is gone: {text}");
+    }
+
+    #[test]
+    fn a_damaged_line_is_dropped_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut j = Journal::open(&path).unwrap();
+        for (k, i) in [("a", 0), ("b", 1), ("c", 2)] {
+            j.append(k, 1.0, &[item(i)]).unwrap();
+        }
+        drop(j);
+        // One digit of part b's scores changed: still valid JSON, a different number.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let damaged = lines[1].replacen("-0.25", "-0.35", 1);
+        assert_ne!(damaged, lines[1]);
+        std::fs::write(&path, format!("{}\n{damaged}\n{}\n", lines[0], lines[2])).unwrap();
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.len(), 2);
+        assert!(j.get("b").is_none(), "the damaged part is not read");
+        assert!(j.get("a").is_some() && j.get("c").is_some());
+        j.append("b", 1.0, &[item(1)]).unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.len(), 3);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
     }
 }

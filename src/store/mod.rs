@@ -92,7 +92,10 @@ pub fn group_id(inputs: &RunInputs<'_>) -> Result<String, StoreError> {
         match &iv.source {
             Source::None => put("none", iv.name.as_bytes()),
             Source::Fit(p) => put("fit", &read(p)?),
-            Source::Artifact(d) => put("artifact", &read(&d.join("manifest.json"))?),
+            Source::Artifact(d) => put(
+                "artifact",
+                &read(&d.join(crate::intervene::artifact::MANIFEST))?,
+            ),
         }
     }
     put("model", inputs.model_name.as_bytes());

@@ -243,6 +243,19 @@ pub enum TaskError {
     Invalid { task: TaskId, message: String },
 }
 
+impl TaskError {
+    /// A numeric failure of the model or the scorer on the items run (NaN or infinite
+    /// logits or scores), as opposed to bad input: it fails the case it happened in and
+    /// the run goes on with the others.
+    pub fn is_numeric(&self) -> bool {
+        matches!(
+            self,
+            TaskError::Model(crate::model::ModelError::NonFinite { .. })
+                | TaskError::Toxicity(crate::toxicity::ToxicityError::NaN { .. })
+        )
+    }
+}
+
 /// Load task `id` with its default data (fetched offline on first use) or `opts.data`,
 /// then apply the split and the limit.
 pub fn load(id: TaskId, opts: &LoadOptions) -> Result<Box<dyn Task>, TaskError> {
