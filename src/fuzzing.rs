@@ -18,8 +18,11 @@ use crate::model::source::LocalModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::LoadedModel;
 
+/// A fuzz target: arbitrary bytes in, a panic only on a bug.
+pub type Target = fn(&[u8]);
+
 /// The fuzzed readers, by the name of their fuzz target.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("suite_yaml", suite_yaml),
     ("fit_yaml", fit_yaml),
     ("gguf", gguf),

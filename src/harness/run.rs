@@ -46,7 +46,7 @@ pub enum HarnessError {
         item: String,
         message: String,
     },
-    #[error("model '{model}': {source}")]
+    #[error("{}", named_model(model, source))]
     Model {
         model: String,
         source: Box<crate::model::ModelError>,
@@ -64,6 +64,16 @@ pub enum HarnessError {
         what: String,
         source: Box<crate::store::StoreError>,
     },
+}
+
+/// `model 'M': ERROR`, unless the error already names the model that way.
+fn named_model(model: &str, e: &crate::model::ModelError) -> String {
+    let text = e.to_string();
+    if text.starts_with(&format!("model '{model}'")) {
+        text
+    } else {
+        format!("model '{model}': {text}")
+    }
 }
 
 /// Which trials run: libtest's rules (a substring of the name, or the whole name with

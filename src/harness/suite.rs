@@ -186,6 +186,8 @@ pub struct InterventionSpec {
     /// How an artefact fitted on another model applies to this one (none: it must be
     /// the same model).
     pub transfer: Option<crate::intervene::artifact::Transfer>,
+    /// Where the entry is in the suite file (line, column), for errors found later.
+    pub at: (u32, u32),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -317,7 +319,46 @@ impl Suite {
             at: "(file)".into(),
             message: e.to_string(),
         })?;
-        Suite::parse(path, &text)
+        let suite = Suite::parse(path, &text)?;
+        suite.check_sources()?;
+        Ok(suite)
+    }
+
+    /// Every fit config and artefact the suite names is there: a missing one is an error
+    /// naming the suite's entry before anything runs. (Not part of [`Suite::parse`]: a
+    /// run directory's copy of the suite is parsed away from the files it names.)
+    pub fn check_sources(&self) -> Result<(), SuiteError> {
+        for (i, iv) in self.interventions.iter().enumerate() {
+            let missing = match &iv.source {
+                Source::None => None,
+                Source::Fit(p) if !p.is_file() => {
+                    Some(("fit", format!("{}: no such fit config", p.display())))
+                }
+                Source::Artifact(d)
+                    if !d.join(crate::intervene::artifact::MANIFEST).is_file() =>
+                {
+                    Some((
+                        "artifact",
+                        format!(
+                            "{}: not a fitted intervention (no {})",
+                            d.display(),
+                            crate::intervene::artifact::MANIFEST
+                        ),
+                    ))
+                }
+                _ => None,
+            };
+            if let Some((field, message)) = missing {
+                return Err(SuiteError {
+                    path: self.path.clone(),
+                    line: iv.at.0,
+                    column: iv.at.1,
+                    at: format!("interventions[{i}].{field}"),
+                    message,
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
@@ -431,6 +472,10 @@ impl Suite {
                 name,
                 source,
                 transfer,
+                at: (
+                    iv.name.referenced.line() as u32,
+                    iv.name.referenced.column() as u32,
+                ),
             });
         }
         if interventions.is_empty() {
@@ -544,6 +589,23 @@ impl Suite {
                         .into(),
                 )),
             };
+            // A NaN or infinite threshold would make every comparison false: a gate
+            // that can never pass, or, negated, never fail.
+            match kind {
+                GateKind::Superiority { margin } | GateKind::NonInferiority { margin }
+                    if !(margin.is_finite() && margin >= 0.0) =>
+                {
+                    return Err(here(format!(
+                        "the margin must be a finite number ≥ 0, got {margin}"
+                    )))
+                }
+                GateKind::Within { lo, hi } if !(lo.is_finite() && hi.is_finite() && lo <= hi) => {
+                    return Err(here(format!(
+                        "within: [LO, HI] needs finite bounds with LO ≤ HI, got [{lo}, {hi}]"
+                    )))
+                }
+                _ => {}
+            }
             let within = matches!(kind, GateKind::Within { .. });
             let effect = match (within, g.relative) {
                 (true, false) => Effect::Level,

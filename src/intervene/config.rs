@@ -30,6 +30,10 @@ use crate::tasks::{self, LoadOptions, TaskError, TaskId};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FitConfig {
+    /// The file it was read from, for errors found once the model is known (not part of
+    /// the config: the fixture cache's key leaves it out).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
     pub kind: Kind,
     /// Hook points to fit at; or leave out and give `select`.
     #[serde(default)]
@@ -175,7 +179,8 @@ impl FitConfig {
             path: path.to_path_buf(),
             message,
         };
-        let c: FitConfig = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut c: FitConfig = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        c.path = Some(path.to_path_buf());
         c.sites().map_err(bad)?;
         if c.harmful.is_empty() || c.harmless.is_empty() {
             return Err(bad(
@@ -353,6 +358,17 @@ pub fn run(
     mut progress: impl FnMut(FitProgress),
 ) -> Result<FitOutcome, ConfigError> {
     let mut sites = cfg.sites().map_err(FitError::Invalid)?;
+    let n_layers = model.model.info().n_layers;
+    if let Some((i, p)) = sites
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.layer().is_some_and(|l| l >= n_layers))
+    {
+        return Err(ConfigError::Parse {
+            path: cfg.path.clone().unwrap_or_else(|| PathBuf::from("(fit config)")),
+            message: format!("sites[{i}]: {p}: '{}' has {n_layers} layers", model.name),
+        });
+    }
     let (harmful, mut data) = texts(&cfg.harmful)?;
     let (harmless, d2) = texts(&cfg.harmless)?;
     data.extend(d2);
