@@ -632,20 +632,20 @@ fn lora_adds_exactly_the_low_rank_weight_update() {
     );
 }
 
-/// A LoRA breaker starts as the identity (B = 0) and trains without blowing up. (Its
-/// rerouting barely moves in a few steps: the cosine's gradient vanishes at the identity
-/// and an MLP-output update is small next to the residual stream; see the issue note.)
+/// A LoRA breaker starts near the identity (B small and random: at B = 0 the rerouting
+/// cosine sits at its maximum, where no gradient reaches B) and learns to reroute
+/// harmful text while the retain loss stays small.
 #[test]
-fn a_lora_breaker_starts_at_the_identity_and_trains_stably() {
+fn a_lora_breaker_learns_to_reroute_from_near_the_identity() {
     use scalpel::intervene::fit::{fit_low_rank, BreakerForm, LowRankConfig};
     let m = common::smollm2();
     let cfg = LowRankConfig {
         form: BreakerForm::Lora,
         rank: 2,
-        steps: 12,
+        steps: 40,
         batch: 4,
         max_tokens: 16,
-        eval_every: 12,
+        eval_every: 10,
         patience: 10,
         lr: 2e-2,
         ..Default::default()
@@ -655,15 +655,20 @@ fn a_lora_breaker_starts_at_the_identity_and_trains_stably() {
     assert_eq!(iv.kind(), scalpel::intervene::Kind::Lora);
     let (first, last) = (&t.curve[0].parts, &t.curve.last().unwrap().parts);
     assert!(
-        (first["reroute"] - 1.0).abs() < 1e-3 && first["retain"] < 1e-4,
+        first["reroute"] > 0.99 && first["retain"] < 1e-2,
         "{first:?}"
     );
     assert!(t.curve.iter().all(|c| c.loss.is_finite()), "{:?}", t.curve);
     assert!(
+        last["reroute"] < 0.5 * first["reroute"],
+        "rerouting did not drop: {:?}",
+        t.curve
+    );
+    assert!(
         last["retain"] < 0.05 && last.contains_key("heldout"),
         "{last:?}"
     );
-    assert_eq!(t.steps, 12);
+    assert_eq!(t.steps, 40);
 }
 
 /// `select:` in a fit config: the sweep chooses the site, is saved in the manifest, and

@@ -334,9 +334,7 @@ impl Suite {
                 Source::Fit(p) if !p.is_file() => {
                     Some(("fit", format!("{}: no such fit config", p.display())))
                 }
-                Source::Artifact(d)
-                    if !d.join(crate::intervene::artifact::MANIFEST).is_file() =>
-                {
+                Source::Artifact(d) if !d.join(crate::intervene::artifact::MANIFEST).is_file() => {
                     Some((
                         "artifact",
                         format!(

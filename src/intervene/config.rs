@@ -247,9 +247,9 @@ fn texts(specs: &[DataSpec]) -> Result<(Vec<String>, Vec<DataRecord>), ConfigErr
 }
 
 /// Bumped whenever fitting code changes what a fit produces from the same inputs (2: the
-/// breaker's training starts off the identity), so an artefact cached by older code is
-/// refitted rather than reused.
-pub const FIT_REVISION: u32 = 2;
+/// breaker's training starts off the identity; 3: LoRA's too), so an artefact cached by
+/// older code is refitted rather than reused.
+pub const FIT_REVISION: u32 = 3;
 
 /// Where a fit's artefact is cached: `$SCALPEL_HOME/fixtures/<sha256 of the fitting
 /// code's revision, model fingerprint, config and data>`.
@@ -365,7 +365,10 @@ pub fn run(
         .find(|(_, p)| p.layer().is_some_and(|l| l >= n_layers))
     {
         return Err(ConfigError::Parse {
-            path: cfg.path.clone().unwrap_or_else(|| PathBuf::from("(fit config)")),
+            path: cfg
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("(fit config)")),
             message: format!("sites[{i}]: {p}: '{}' has {n_layers} layers", model.name),
         });
     }

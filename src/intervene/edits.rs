@@ -64,8 +64,8 @@ impl Edit for LowRankEdit {
 /// `out ← out + s·B A x`, where `x` is the matrix's input and `out` its output. The
 /// matrices supported are the MLP's down projection (input `mlp.hook_post`, output
 /// `hook_mlp_out`) and attention's output projection (input `attn.hook_z` flattened over
-/// heads, output `hook_attn_out`). `A` is `[r, in]`, `B` `[d, r]`; with `B = 0` (how
-/// training starts) it is the identity.
+/// heads, output `hook_attn_out`). `A` is `[r, in]`, `B` `[d, r]`; with `B = 0` it is the
+/// identity (training starts near it, with a small random `B`).
 #[derive(Debug, Clone)]
 pub struct LoraEdit {
     pub a: Tensor,

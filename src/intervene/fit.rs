@@ -226,6 +226,11 @@ fn means(
     ))
 }
 
+/// Scale of LoRA's initial B (its entries' deviation × √rank): the initial update is a
+/// small part of the projection's output, enough for the rerouting loss to have a
+/// gradient.
+pub const LORA_B_INIT: f64 = 0.05;
+
 /// The trainable part of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BreakerForm {
@@ -347,7 +352,9 @@ pub fn fit_low_rank(
     // norm). Starting at the identity (R = 0) would put the rerouting cosine at its
     // maximum, where its gradient vanishes: Adam then amplifies float noise into full
     // steps and training escapes along whatever direction rounding picked, a different
-    // one under another matmul kernel. LoRA starts at the identity (B = 0) as LoRA does.
+    // one under another matmul kernel. LoRA likewise starts near, not at, the identity:
+    // B small and random rather than LoRA's B = 0, for the same reason (at B = 0 the
+    // rerouting gradient reaching B is exactly zero).
     let mut params: Vec<(HookPoint, [Var; 3])> = Vec::new();
     let mut vars = Vec::new();
     for (k, p) in sites.iter().enumerate() {
@@ -380,7 +387,12 @@ pub fn fit_low_rank(
                         seed,
                         &dev,
                     )?)?,
-                    Var::zeros((d, cfg.rank), DType::F32, &dev)?,
+                    Var::from_tensor(&seeded_normal(
+                        &[d, cfg.rank],
+                        LORA_B_INIT / (cfg.rank as f64).sqrt(),
+                        seed ^ 0xb0b,
+                        &dev,
+                    )?)?,
                     // Unused third slot keeps one parameter layout for both forms.
                     Var::zeros(1, DType::F32, &dev)?,
                 ]

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cluster;
+mod fuzz;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +32,10 @@ enum Cmd {
     /// slurmctld, slurmd, munge; needs root): the suite as a 4-task sbatch array, merged
     /// by a dependent job, checked against an unsharded run item by item.
     ClusterTest(cluster::Args),
+    /// The fuzz targets of xtask/fuzz (suite and fit YAML, GGUF, safetensors,
+    /// tokenizer.json, datasets) for a time budget each; needs nightly and cargo-fuzz.
+    /// Writes reports/fuzz/<date>.{md,json}.
+    Fuzz(fuzz::Args),
 }
 
 #[derive(Subcommand)]
@@ -52,5 +57,6 @@ fn main() -> Result<()> {
             Some(BenchTarget::Worker(args)) => bench::versus::ours::run(&args),
         },
         Cmd::ClusterTest(args) => cluster::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
     }
 }
