@@ -462,7 +462,14 @@ fn fit_writes_an_artefact_that_eval_applies_and_a_second_fit_reuses() {
         ]),
         "intervention.yaml",
     );
-    fs::write(&cfg, "kind: offset\nsites: [blocks.99.hook_resid_post]\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: copa}]\n").unwrap();
+    fs::write(&cfg, "kind: offset\nsites: [blocks.1.hook_resid_post]\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: copa}]\n").unwrap();
     let o = run(&[]);
     assert_bad_input(&o, "copa: its items are not plain text");
+    // A site past the model's last layer names the config and the model's depth.
+    fs::write(&cfg, "kind: offset\nsites: [blocks.99.hook_resid_post]\nharmful: [{task: realtoxicityprompts}]\nharmless: [{task: lambada_openai}]\n").unwrap();
+    let o = run(&[]);
+    assert_bad_input(
+        &o,
+        "fit.yaml: sites[0]: blocks.99.hook_resid_post: 'smollm2-135m-instruct' has 30 layers",
+    );
 }

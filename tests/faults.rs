@@ -363,6 +363,29 @@ fn a_blown_up_intervention_fails_its_cases_and_the_run_goes_on() {
 }
 
 #[test]
+fn an_artefact_of_the_wrong_shape_is_refused_naming_the_tensor() {
+    use candle_core::{Device, Tensor};
+    use scalpel::intervene::artifact::{self, Provenance};
+    use scalpel::intervene::Intervention;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_gpt2();
+    let iv = Intervention::Offset {
+        alpha: 1.0,
+        sites: vec![(
+            "blocks.1.hook_resid_post".parse().unwrap(),
+            Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )],
+    };
+    artifact::save(tmp.path(), &iv, &model, &Provenance::default()).unwrap();
+    let err = artifact::load(tmp.path(), &model).unwrap_err().to_string();
+    assert!(
+        err.contains("intervention.safetensors")
+            && err.contains("'blocks.1.hook_resid_post.vector' has shape [32], expected [64]"),
+        "{err}"
+    );
+}
+
+#[test]
 fn concurrent_runs_into_one_reports_directory_do_not_corrupt_each_other() {
     let tmp = tempfile::tempdir().unwrap();
     let a = suite(tmp.path(), "alpha", "");
