@@ -5,6 +5,7 @@
 //! [`assets`] (offline models and data), [`data`] (dataset rows), [`model`] (the hooked
 //! transformer), [`tasks`] (evaluation tasks), [`score`] (what tasks ask of a model).
 pub mod assets;
+pub mod attack;
 pub mod data;
 #[doc(hidden)]
 pub mod fuzzing;
