@@ -895,6 +895,7 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
         |m, p| {
             let msg = match &p {
                 RunProgress::Fitting { intervention } => format!("fitting {intervention}"),
+                RunProgress::Attacking { case } => format!("fitting the attack {case}"),
                 RunProgress::Task {
                     intervention,
                     task,

@@ -345,3 +345,95 @@ pub fn target_nll(
     }
     Ok(sum / n.max(1) as f64)
 }
+
+/// Bumped when fitting code changes what an attack fit produces from the same inputs.
+pub const ATTACK_REVISION: u32 = 1;
+
+/// A stable identity of an intervention's effect (its kind, strength and tensors), for
+/// keying attacks fitted against it.
+pub fn defence_key(iv: &Intervention) -> Result<String, AttackError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{:?}", iv.kind()).as_bytes());
+    if let Intervention::Offset { alpha, .. } = iv {
+        h.update(alpha.to_le_bytes());
+    }
+    for (name, t) in iv.tensors() {
+        h.update(name.as_bytes());
+        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A fitted attack cached on disk: `<dir>/<key>.safetensors` (the soft prompt) and
+/// `<key>.json` (where it starts, its curve), both written beside their names and
+/// renamed, the JSON last and holding the tensors' sha256, so a damaged or half-written
+/// pair is refitted, never used.
+pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<AttackFit> {
+    use sha2::{Digest, Sha256};
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{key}.json"))).ok()?).ok()?;
+    let tpath = dir.join(format!("{key}.safetensors"));
+    let bytes = std::fs::read(&tpath).ok()?;
+    let sum: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if meta["tensors_sha256"].as_str() != Some(sum.as_str()) {
+        eprintln!(
+            "scalpel: cached attack {}: does not match its sha256; fitting it again",
+            tpath.display()
+        );
+        return None;
+    }
+    let t = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).ok()?;
+    Some(AttackFit {
+        prefix: SoftPrefix {
+            embeds: t.get("embeds")?.clone(),
+            start: meta["start"].as_u64()? as usize,
+        },
+        curve: meta["curve"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.as_f64())
+            .collect(),
+        nll_before: meta["nll_before"].as_f64()?,
+        seconds: meta["seconds"].as_f64()?,
+    })
+}
+
+/// Cache `fit` under `key` in `dir` (see [`load_cached`]); a cache that cannot be
+/// written costs a refit next time, nothing more.
+pub fn save_cached(dir: &std::path::Path, key: &str, fit: &AttackFit) {
+    use sha2::{Digest, Sha256};
+    let _ = std::fs::create_dir_all(dir);
+    let tpath = dir.join(format!("{key}.safetensors"));
+    let tmp = dir.join(format!(".{key}.safetensors.tmp{}", std::process::id()));
+    let Ok(embeds) = fit.prefix.embeds.to_device(&candle_core::Device::Cpu) else {
+        return;
+    };
+    let map = std::collections::HashMap::from([("embeds".to_string(), embeds)]);
+    if candle_core::safetensors::save(&map, &tmp).is_err() {
+        return;
+    }
+    let Ok(bytes) = std::fs::read(&tmp) else {
+        return;
+    };
+    if std::fs::rename(&tmp, &tpath).is_err() {
+        return;
+    }
+    let meta = serde_json::json!({
+        "start": fit.prefix.start,
+        "curve": fit.curve,
+        "nll_before": fit.nll_before,
+        "seconds": fit.seconds,
+        "tensors_sha256": Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    });
+    let _ = crate::store::write_atomic(
+        &dir.join(format!("{key}.json")),
+        meta.to_string().as_bytes(),
+    );
+}

@@ -7,6 +7,6 @@
 pub mod embedding;
 
 pub use embedding::{
-    fit_embedding_attack, target_nll, AttackError, AttackFit, EmbeddingAttackConfig, SoftPrefix,
-    Target,
+    defence_key, fit_embedding_attack, load_cached, save_cached, target_nll, AttackError,
+    AttackFit, EmbeddingAttackConfig, SoftPrefix, Target, ATTACK_REVISION,
 };

@@ -117,9 +117,9 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
                 (keep, sub)
             })
             .collect();
-        for iv in &suite.interventions {
-            let name = format!("{}--{}.jsonl", store::file_safe(&iv.name), t.id);
-            if failed.contains_key(&(iv.name.clone(), t.id)) {
+        for case in suite.cases() {
+            let name = format!("{}--{}.jsonl", store::file_safe(&case), t.id);
+            if failed.contains_key(&(case.clone(), t.id)) {
                 continue;
             }
             if !shards
@@ -142,7 +142,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
                          this case (rerun it, then merge)",
                         s.dir.display(),
                         s.shard,
-                        iv.name,
+                        case,
                         t.id
                     )));
                 }
@@ -160,7 +160,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
                             s.shard,
                             range.start,
                             range.end,
-                            iv.name,
+                            case,
                             t.id
                         ))
                     })?;
@@ -168,7 +168,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
                         return Err(bad(format!(
                             "{}: a part of {}::{} holds {} items, expected {}",
                             path.display(),
-                            iv.name,
+                            case,
                             t.id,
                             part.items.len(),
                             range.len()
@@ -180,7 +180,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
                         })?;
                         slots[keep[pos]] = Some(item);
                     }
-                    *seconds.entry(format!("{}::{}", iv.name, t.id)).or_default() += part.seconds;
+                    *seconds.entry(format!("{}::{}", case, t.id)).or_default() += part.seconds;
                     parts.reused += 1;
                     start = range.end;
                 }
@@ -189,16 +189,11 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
                 .into_iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    s.ok_or_else(|| {
-                        bad(format!(
-                            "{}::{} item {i}: no shard scored it",
-                            iv.name, t.id
-                        ))
-                    })
+                    s.ok_or_else(|| bad(format!("{}::{} item {i}: no shard scored it", case, t.id)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             reports.insert(
-                (iv.name.clone(), t.id),
+                (case.clone(), t.id),
                 TaskReport::from_items(t.id, &model, items),
             );
         }
@@ -214,7 +209,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
             let g = &suite.gates[*gi];
             let level = g.gate.effect == crate::stats::paired::Effect::Level;
             let here = |k: (String, TaskId)| reports.contains_key(&k) || failed.contains_key(&k);
-            here((iv.clone(), g.task)) && (level || here((suite.reference.clone(), g.task)))
+            here((g.case(iv), g.task)) && (level || here((g.case(&suite.reference), g.task)))
         })
         .collect();
     let trials = verdicts(&suite, &wanted, &reports, &failed);

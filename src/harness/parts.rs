@@ -63,6 +63,7 @@ pub fn run_case(
         scorer,
         seed,
         hooks,
+        prefix,
     } = cx;
     let mut start = 0;
     while start < n {
@@ -96,6 +97,7 @@ pub fn run_case(
                     scorer: *scorer,
                     seed: *seed,
                     hooks: hooks.clone(),
+                    prefix: prefix.clone(),
                 };
                 let report = match sub.run(&mut pcx) {
                     Ok(r) => r,

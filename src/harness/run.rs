@@ -51,6 +51,8 @@ pub enum HarnessError {
         model: String,
         source: Box<crate::model::ModelError>,
     },
+    #[error("{case}: attack: {message}")]
+    Attack { case: String, message: String },
     #[error("merge: {message}")]
     Merge { message: String },
     #[error("{task}: scorer: {message}")]
@@ -141,6 +143,10 @@ pub enum RunProgress {
         done: usize,
         total: usize,
     },
+    /// Fitting an attack against an intervention (`case` = `intervention@attack`).
+    Attacking {
+        case: String,
+    },
     /// The suite's `traces[index]`, in restored sites.
     Tracing {
         index: usize,
@@ -166,20 +172,22 @@ pub fn run(
             }
         }
     }
-    // Every (intervention, task) the selected trials read, the reference included.
+    // Every (case, task) the selected trials read, the reference included; a case is an
+    // intervention, or an intervention under an attack (`offset@soft20`).
     let mut cases: BTreeSet<(String, TaskId)> = BTreeSet::new();
     for (gi, iv) in &wanted {
         let g = &suite.gates[*gi];
-        cases.insert((iv.clone(), g.task));
+        cases.insert((g.case(iv), g.task));
         if g.gate.effect != crate::stats::paired::Effect::Level {
-            cases.insert((suite.reference.clone(), g.task));
+            cases.insert((g.case(&suite.reference), g.task));
         }
     }
+    let base_of = |case: &str| super::suite::split_case(case).0.to_string();
     let mut seconds = BTreeMap::new();
     let mut built: BTreeMap<String, Intervention> = BTreeMap::new();
     let mut manifests = BTreeMap::new();
     for spec in &suite.interventions {
-        if !cases.iter().any(|(n, _)| n == &spec.name) {
+        if !cases.iter().any(|(n, _)| base_of(n) == spec.name) {
             continue;
         }
         let start = Instant::now();
@@ -213,14 +221,38 @@ pub fn run(
         built.insert(spec.name.clone(), iv);
     }
 
+    // Each attacked case's attack, fitted against its intervention.
+    let mut attacked: BTreeMap<String, crate::attack::SoftPrefix> = BTreeMap::new();
+    for (case, _) in &cases {
+        let (iv, Some(a)) = super::suite::split_case(case) else {
+            continue;
+        };
+        if attacked.contains_key(case) {
+            continue;
+        }
+        let spec =
+            suite
+                .attacks
+                .iter()
+                .find(|x| x.name == a)
+                .ok_or_else(|| HarnessError::Attack {
+                    case: case.clone(),
+                    message: format!("no attack named '{a}'"),
+                })?;
+        progress(RunProgress::Attacking { case: case.clone() });
+        let start = Instant::now();
+        let prefix = fit_attack(model, spec, &built[iv], case)?;
+        seconds.insert(format!("attack {case}"), start.elapsed().as_secs_f64());
+        attacked.insert(case.clone(), prefix);
+    }
+
     let mut reports = BTreeMap::new();
     let mut failed = BTreeMap::new();
     let mut parts = PartCounts::default();
+    let all_cases = suite.cases();
     for t in &suite.tasks {
-        let users: Vec<&String> = suite
-            .interventions
+        let users: Vec<&String> = all_cases
             .iter()
-            .map(|i| &i.name)
             .filter(|n| cases.contains(&((*n).clone(), t.id)))
             .collect();
         if users.is_empty() {
@@ -258,7 +290,11 @@ pub fn run(
                 })
             };
             let mut cx = RunContext::new(model, &mut report_progress);
-            cx.hooks = built[name].hooks();
+            cx.hooks = built[&base_of(name)].hooks();
+            if let Some(p) = attacked.get(name.as_str()) {
+                cx.hooks = p.with(&cx.hooks);
+                cx.prefix = Some(p.clone());
+            }
             cx.seed = suite.seed;
             cx.scorer = scorer.as_deref();
             let mut journal =
@@ -368,16 +404,16 @@ pub(crate) fn verdicts(
     for (gi, iv) in wanted {
         let g = &suite.gates[*gi];
         let level = g.gate.effect == crate::stats::paired::Effect::Level;
-        let mut needs = vec![(iv.clone(), g.task)];
+        let mut needs = vec![(g.case(iv), g.task)];
         if !level {
-            needs.insert(0, (suite.reference.clone(), g.task));
+            needs.insert(0, (g.case(&suite.reference), g.task));
         }
         if let Some(why) = needs.iter().find_map(|k| failed.get(k)) {
             samples.push(Err(why.clone()));
             continue;
         }
-        let reference = (!level).then(|| &reports[&(suite.reference.clone(), g.task)]);
-        let mine = &reports[&(iv.clone(), g.task)];
+        let reference = (!level).then(|| &reports[&(g.case(&suite.reference), g.task)]);
+        let mine = &reports[&(g.case(iv), g.task)];
         samples.push(
             paired_sample(g, reference, mine).map_err(|e| format!("{}: {e}", g.trial_name(iv))),
         );
@@ -413,4 +449,70 @@ pub(crate) fn verdicts(
             }
         })
         .collect()
+}
+
+/// The soft prompt of attack `spec` fitted against `defence` on `model`, from the fixture
+/// cache when the model, defence, attack and targets are unchanged.
+fn fit_attack(
+    model: &LoadedModel,
+    spec: &super::suite::AttackSpec,
+    defence: &Intervention,
+    case: &str,
+) -> Result<crate::attack::SoftPrefix, HarnessError> {
+    use crate::attack::{self, Target};
+    use sha2::{Digest, Sha256};
+    let fail = |message: String| HarnessError::Attack {
+        case: case.to_string(),
+        message,
+    };
+    let opts = LoadOptions {
+        split: crate::tasks::SplitSel::Fit,
+        limit: spec.limit,
+        ..LoadOptions::default()
+    };
+    let task = tasks::load(spec.targets, &opts).map_err(|e| fail(e.to_string()))?;
+    let mut targets = Vec::new();
+    let mut h = Sha256::new();
+    h.update(format!("attack-revision-{}", attack::ATTACK_REVISION).as_bytes());
+    for i in 0..task.len() {
+        let Some(text) = task.item_text(i) else {
+            return Err(fail(format!(
+                "targets: {} items are not plain text",
+                spec.targets
+            )));
+        };
+        if let Some(t) = Target::split(&text, 0.5) {
+            h.update(text.as_bytes());
+            h.update([0u8]);
+            targets.push(t);
+        }
+    }
+    if targets.is_empty() {
+        return Err(fail(format!(
+            "targets: no {} text long enough to split",
+            spec.targets
+        )));
+    }
+    let fingerprint = artifact::model_fingerprint(model).map_err(|e| fail(e.to_string()))?;
+    h.update(fingerprint.as_bytes());
+    h.update(
+        attack::defence_key(defence)
+            .map_err(|e| fail(e.to_string()))?
+            .as_bytes(),
+    );
+    h.update(format!("{:?}", spec.config).as_bytes());
+    let key: String = h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = crate::assets::scalpel_home()
+        .join("fixtures")
+        .join("attacks");
+    if let Some(fit) = attack::load_cached(&dir, &key) {
+        return Ok(fit.prefix);
+    }
+    let fit = attack::fit_embedding_attack(model, defence, &targets, &spec.config, |_, _, _| {})
+        .map_err(|e| fail(e.to_string()))?;
+    attack::save_cached(&dir, &key, &fit);
+    Ok(fit.prefix)
 }

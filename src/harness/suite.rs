@@ -67,6 +67,52 @@ struct RawSuite {
     gates: Spanned<Vec<RawGate>>,
     #[serde(default)]
     traces: Vec<Spanned<TraceSpec>>,
+    #[serde(default)]
+    attacks: Vec<Spanned<RawAttack>>,
+}
+
+/// An attack fitted against each intervention a gate names (see [`AttackSpec`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttack {
+    name: String,
+    kind: String,
+    /// The harmful texts whose continuations the attack is fitted to elicit (their fit
+    /// split).
+    targets: RawAttackTargets,
+    #[serde(default)]
+    positions: Option<usize>,
+    #[serde(default)]
+    steps: Option<usize>,
+    #[serde(default)]
+    lr: Option<f64>,
+    #[serde(default)]
+    batch: Option<usize>,
+    #[serde(default)]
+    max_target_tokens: Option<usize>,
+    #[serde(default)]
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttackTargets {
+    task: String,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// An attack as a fixture: fitted against each intervention under test (the attacker
+/// knows the defence), then put in front of every prompt of the gated task. A gate with
+/// `attack: NAME` compares `intervention@NAME` with `reference@NAME`: the intervention
+/// and the unprotected model, each under an attack fitted against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttackSpec {
+    pub name: String,
+    pub config: crate::attack::EmbeddingAttackConfig,
+    /// The task whose fit-split texts are split into prompt and continuation targets.
+    pub targets: TaskId,
+    pub limit: Option<usize>,
 }
 
 /// A causal trace of the unmodified model (ROME's noise-and-restore) that the run draws
@@ -158,6 +204,9 @@ struct RawGate {
     /// `within`, all).
     #[serde(default)]
     interventions: Option<Vec<Spanned<String>>>,
+    /// Run the compared cases under this attack (`attacks[].name`).
+    #[serde(default)]
+    attack: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -213,16 +262,36 @@ pub struct GateSpec {
     /// In a suite of several models, the model this copy of the gate runs on: its trial
     /// names start with it.
     pub model: Option<String>,
+    /// The attack every compared case runs under (`suite.attacks`), if any.
+    pub attack: Option<String>,
 }
 
 impl GateSpec {
-    /// One trial per intervention: `intervention::task::metric`, after `model::` in a
-    /// suite of several models.
+    /// One trial per intervention: `intervention::task::metric` (`intervention@attack`
+    /// under an attack), after `model::` in a suite of several models.
     pub fn trial_name(&self, intervention: &str) -> String {
+        let case = self.case(intervention);
         match &self.model {
-            Some(m) => format!("{m}::{intervention}::{}::{}", self.task, self.metric),
-            None => format!("{intervention}::{}::{}", self.task, self.metric),
+            Some(m) => format!("{m}::{case}::{}::{}", self.task, self.metric),
+            None => format!("{case}::{}::{}", self.task, self.metric),
         }
+    }
+
+    /// The case (the name its scores are stored under) of `intervention` in this gate:
+    /// the intervention itself, or `intervention@attack`.
+    pub fn case(&self, intervention: &str) -> String {
+        match &self.attack {
+            Some(a) => format!("{intervention}@{a}"),
+            None => intervention.to_string(),
+        }
+    }
+}
+
+/// A case name split into its intervention and attack (`offset@soft20`).
+pub fn split_case(case: &str) -> (&str, Option<&str>) {
+    match case.split_once('@') {
+        Some((iv, a)) => (iv, Some(a)),
+        None => (case, None),
     }
 }
 
@@ -242,6 +311,7 @@ pub struct Suite {
     pub tasks: Vec<TaskSpec>,
     pub gates: Vec<GateSpec>,
     pub traces: Vec<TraceSpec>,
+    pub attacks: Vec<AttackSpec>,
 }
 
 /// The YAML path of the block-style entry that holds line `line` (1-based): the top-level
@@ -415,7 +485,11 @@ impl Suite {
         for (i, iv) in raw.interventions.value.iter().enumerate() {
             let at = format!("interventions[{i}]");
             let name = iv.name.value.trim().to_string();
-            if name.is_empty() || name.contains("::") || name.contains(char::is_whitespace) {
+            if name.is_empty()
+                || name.contains("::")
+                || name.contains('@')
+                || name.contains(char::is_whitespace)
+            {
                 return Err(err(
                     &iv.name.referenced,
                     format!("{at}.name"),
@@ -548,6 +622,64 @@ impl Suite {
             });
         }
 
+        let mut attacks: Vec<AttackSpec> = Vec::new();
+        for (i, a) in raw.attacks.iter().enumerate() {
+            let at = format!("attacks[{i}]");
+            let bad = |m: String| err(&a.referenced, at.clone(), m);
+            let r = &a.value;
+            let name = r.name.trim().to_string();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(bad(format!(
+                    "name '{name}': letters, digits, '_' and '-' only"
+                )));
+            }
+            if attacks.iter().any(|x| x.name == name) {
+                return Err(bad(format!("'{name}' is named twice")));
+            }
+            if r.kind != "embedding" {
+                return Err(bad(format!(
+                    "kind '{}': the attack kinds are: embedding",
+                    r.kind
+                )));
+            }
+            let targets: TaskId = r
+                .targets
+                .task
+                .parse()
+                .map_err(|e: crate::tasks::UnknownTask| bad(format!("targets.task: {e}")))?;
+            let d = crate::attack::EmbeddingAttackConfig::default();
+            let config = crate::attack::EmbeddingAttackConfig {
+                positions: r.positions.unwrap_or(d.positions),
+                steps: r.steps.unwrap_or(d.steps),
+                lr: r.lr.unwrap_or(d.lr),
+                batch: r.batch.unwrap_or(d.batch),
+                max_target_tokens: r.max_target_tokens.unwrap_or(d.max_target_tokens),
+                seed: r.seed.unwrap_or(raw.seed),
+            };
+            if config.positions == 0 || config.steps == 0 || config.batch == 0 {
+                return Err(bad("positions, steps and batch must be at least 1".into()));
+            }
+            if !(config.lr.is_finite() && config.lr > 0.0) {
+                return Err(bad(format!(
+                    "lr must be a positive number, got {}",
+                    config.lr
+                )));
+            }
+            if r.targets.limit == Some(0) {
+                return Err(bad("targets.limit must be at least 1".into()));
+            }
+            attacks.push(AttackSpec {
+                name,
+                config,
+                targets,
+                limit: r.targets.limit,
+            });
+        }
+
         let mut gates = Vec::new();
         for (i, g) in raw.gates.value.iter().enumerate() {
             let at = format!("gates[{i}]");
@@ -673,9 +805,33 @@ impl Suite {
                     "no intervention to test: add one besides the reference".into(),
                 ));
             }
+            let attack = match &g.attack {
+                None => None,
+                Some(a) => {
+                    if !attacks.iter().any(|x| x.name == a.value) {
+                        return Err(err(
+                            &a.referenced,
+                            format!("{at}.attack"),
+                            format!("'{}' is not one of the attacks", a.value),
+                        ));
+                    }
+                    if !matches!(id, TaskId::Realtoxicityprompts | TaskId::Bold) {
+                        return Err(err(
+                            &a.referenced,
+                            format!("{at}.attack"),
+                            format!(
+                                "an attack goes in front of a generation task's prompts \
+                                 (realtoxicityprompts, bold), not {id}"
+                            ),
+                        ));
+                    }
+                    Some(a.value.clone())
+                }
+            };
             if let Some(prev) = gates.iter().position(|p: &GateSpec| {
                 p.task == id
                     && p.metric == metric
+                    && p.attack == attack
                     && p.interventions.iter().any(|n| names.contains(n))
             }) {
                 return Err(here(format!(
@@ -689,6 +845,7 @@ impl Suite {
                 gate,
                 interventions: names,
                 model: None,
+                attack,
             });
         }
         if gates.is_empty() {
@@ -745,10 +902,28 @@ impl Suite {
             alpha: raw.alpha,
             reference,
             traces: raw.traces.into_iter().map(|t| t.value).collect(),
+            attacks,
             interventions,
             tasks,
             gates,
         })
+    }
+
+    /// Every case a run of the suite may score: each intervention, and each under each
+    /// attack a gate names (`intervention@attack`, the reference's included).
+    pub fn cases(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.interventions.iter().map(|i| i.name.clone()).collect();
+        for g in &self.gates {
+            if g.attack.is_some() {
+                for iv in std::iter::once(&self.reference).chain(&g.interventions) {
+                    let c = g.case(iv);
+                    if !v.contains(&c) {
+                        v.push(c);
+                    }
+                }
+            }
+        }
+        v
     }
 
     /// Every trial name, in suite order (model by model in a suite of several).

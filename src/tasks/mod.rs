@@ -170,6 +170,9 @@ pub struct RunContext<'a> {
     /// Writers of the intervention under test, applied to every forward pass the task
     /// makes (log-likelihoods and generation alike); empty for the unmodified model.
     pub hooks: Hooks,
+    /// An attack's soft prompt in front of every prompt a generation task continues: its
+    /// placeholder tokens are inserted into the prompt's ids (its writer is in `hooks`).
+    pub prefix: Option<crate::attack::SoftPrefix>,
 }
 
 impl<'a> RunContext<'a> {
@@ -181,6 +184,7 @@ impl<'a> RunContext<'a> {
             scorer: None,
             seed: 0,
             hooks: Hooks::new(),
+            prefix: None,
         }
     }
 }

@@ -136,7 +136,10 @@ pub fn continue_and_score(
         seed: prompt_seed(cx.seed, text),
         stop_ids: model.tokenizer.stop_ids.clone(),
     };
-    let ids = model.encode(text)?;
+    let mut ids = model.encode(text)?;
+    if let Some(p) = &cx.prefix {
+        ids = p.insert_placeholders(&ids);
+    }
     let gens = generate(
         model.model.as_ref(),
         &ids,
