@@ -978,7 +978,11 @@ fn run_merge(a: MergeArgs) -> Result<ExitCode> {
         other => bail!("--format: '{other}' is not pretty, terse or json"),
     };
     let (out, stored) = scalpel::harness::merge::merge(&a.runs, &a.out)?;
-    let suite = scalpel::harness::Suite::read(&stored.dir.join("suite.yaml"))?;
+    // The run directory's copy of the suite, away from the fit configs it names: parsed,
+    // not checked for them.
+    let copy = stored.dir.join("suite.yaml");
+    let text = std::fs::read_to_string(&copy).with_context(|| copy.display().to_string())?;
+    let suite = scalpel::harness::Suite::parse(&copy, &text)?;
     if let Some(path) = &a.junit {
         trials::write_junit(&suite, &out.trials, path)
             .with_context(|| format!("--junit {}", path.display()))?;
