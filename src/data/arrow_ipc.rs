@@ -11,6 +11,10 @@ use super::arrow_rows::append_batch;
 use super::{DataError, Doc};
 
 pub fn read_stream(path: &Path) -> Result<Vec<Doc>, DataError> {
+    super::contain_panics(path, || read_stream_inner(path))
+}
+
+fn read_stream_inner(path: &Path) -> Result<Vec<Doc>, DataError> {
     let file = File::open(path).map_err(|e| DataError::Io {
         path: path.to_path_buf(),
         source: e,

@@ -207,3 +207,26 @@ impl Table {
         }
     }
 }
+
+/// The text of a caught panic's payload.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Run a third-party reader on `path`, turning a panic inside it (arrow and parquet
+/// panic on some malformed files, as fuzzing found) into an error naming the file.
+pub(crate) fn contain_panics<T>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, DataError>,
+) -> Result<T, DataError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        Err(DataError::Format {
+            path: path.to_path_buf(),
+            message: format!("malformed file (the reader stopped: {})", panic_text(&*p)),
+        })
+    })
+}

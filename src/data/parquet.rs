@@ -26,6 +26,10 @@ use super::arrow_rows::{append_batch, value_at, ENCODING_KEY, NULL_KEY};
 use super::{DataError, Doc};
 
 pub fn read(path: &Path) -> Result<Vec<Doc>, DataError> {
+    super::contain_panics(path, || read_inner(path))
+}
+
+fn read_inner(path: &Path) -> Result<Vec<Doc>, DataError> {
     let file = File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,

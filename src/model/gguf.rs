@@ -146,6 +146,54 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// A tensor's declared shape and type must describe bytes inside the file: checked
+    /// before reading, since the header is the file's word (a fuzzer found shapes whose
+    /// element count overflows, and sizes far past the end of the file).
+    fn check_extent(&self, name: &str) -> Result<(), ModelError> {
+        let info = &self.content.tensor_infos[name];
+        let dims = info.shape.dims();
+        let dtype = info.ggml_dtype;
+        let bad = |why: String| {
+            ModelError::weights(
+                &self.path,
+                format!("tensor {name}: shape {dims:?} of {dtype:?}: {why}"),
+            )
+        };
+        let elems = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad("its element count overflows".into()))?;
+        let block = dtype.block_size();
+        if block == 0 || elems % block != 0 {
+            return Err(bad(format!(
+                "{elems} elements are not whole blocks of {block}"
+            )));
+        }
+        let bytes = (elems / block)
+            .checked_mul(dtype.type_size())
+            .ok_or_else(|| bad("its size overflows".into()))? as u64;
+        let start = self
+            .content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .ok_or_else(|| bad("its offset overflows".into()))?;
+        let len = self
+            .reader
+            .get_ref()
+            .metadata()
+            .map_err(|e| ModelError::Io {
+                path: self.path.clone(),
+                source: e,
+            })?
+            .len();
+        match start.checked_add(bytes) {
+            Some(end) if end <= len => Ok(()),
+            _ => Err(bad(format!(
+                "needs {bytes} bytes at offset {start}, the file has {len}"
+            ))),
+        }
+    }
+
     /// Read and dequantize one tensor to f32, in candle's (PyTorch's) dimension order.
     pub fn tensor_f32(&mut self, name: &str, dev: &Device) -> Result<Tensor, ModelError> {
         if !self.has_tensor(name) {
@@ -154,6 +202,7 @@ impl GgufFile {
                 format!("missing tensor {name}"),
             ));
         }
+        self.check_extent(name)?;
         let q = self
             .content
             .tensor(&mut self.reader, name, dev)

@@ -86,10 +86,7 @@ impl Tokenizer {
         if !path.exists() {
             return Err(ModelError::NotFound { path });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let inner = read_tokenizer_json(&path)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = match std::fs::read_to_string(&cfg_path) {
             Ok(s) => serde_json::from_str(&s)
@@ -406,4 +403,25 @@ fn json_u32s(v: &Value, key: &str) -> Vec<u32> {
             .collect(),
         _ => vec![],
     }
+}
+
+/// `tokenizer.json` through the tokenizers crate. The JSON is parsed on its own first,
+/// and a panic inside the crate is caught: it panics on some malformed files (a fuzzer
+/// found a control character in a decoder's string) where an error naming the file is
+/// due.
+fn read_tokenizer_json(path: &std::path::Path) -> Result<tokenizers::Tokenizer, ModelError> {
+    let bad = |message: String| ModelError::Tokenizer {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| bad(e.to_string()))?;
+    std::panic::catch_unwind(|| <tokenizers::Tokenizer as std::str::FromStr>::from_str(&text))
+        .map_err(|p| {
+            bad(format!(
+                "malformed file (the reader stopped: {})",
+                crate::data::panic_text(&*p)
+            ))
+        })?
+        .map_err(|e| bad(e.to_string()))
 }
