@@ -163,6 +163,11 @@ impl GgufFile {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| bad("its element count overflows".into()))?;
+        // An empty tensor is no weight of any model, and candle's reader casts its
+        // (empty, unaligned) buffer to blocks: refused here.
+        if elems == 0 {
+            return Err(bad("it has no elements".into()));
+        }
         let block = dtype.block_size();
         if block == 0 || elems % block != 0 {
             return Err(bad(format!(
