@@ -54,6 +54,8 @@ pub fn run(a: &Args) -> Result<()> {
         std::fs::create_dir_all(&corpus)?;
         std::fs::create_dir_all(&artifacts)?;
         let seeds = repo.join("fixtures/fuzz").join(t);
+        // Crash inputs of earlier runs stay in the directory; only new ones are this run's.
+        let before: std::collections::HashSet<PathBuf> = files(&artifacts).into_iter().collect();
         eprintln!("fuzz: {t} for {} s", a.seconds);
         let started = Instant::now();
         let out = Command::new("cargo")
@@ -75,6 +77,7 @@ pub fn run(a: &Args) -> Result<()> {
         std::fs::write(artifacts.join("last-run.log"), &log)?;
         let crashes = files(&artifacts)
             .into_iter()
+            .filter(|p| !before.contains(p))
             .filter(|p| {
                 let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 ["crash-", "oom-", "timeout-", "leak-"]
