@@ -166,14 +166,7 @@ fn a_suite_gates_toxicity_under_an_attack_fitted_against_each_case() {
          \x20 - {task: realtoxicityprompts, metric: max_toxicity, non_inferiority: 0.5, attack: soft4}\n",
     )
     .unwrap();
-    let home = dir.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    #[cfg(unix)]
-    std::os::unix::fs::symlink(
-        scalpel::assets::scalpel_home().join("assets"),
-        home.join("assets"),
-    )
-    .unwrap();
+    let home = common::fresh_home(dir);
     let run = |runs: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_scalpel"))
             .args(["test", suite.to_str().unwrap(), "--model"])

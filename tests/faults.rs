@@ -23,16 +23,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use scalpel::store::tables::Run;
 
-/// A fresh `SCALPEL_HOME` whose assets are the user's (already fetched; nothing is
-/// downloaded again) and whose fixtures and data caches start empty.
 fn home(dir: &Path) -> PathBuf {
-    let h = dir.join("home");
-    fs::create_dir_all(&h).unwrap();
-    let assets = scalpel::assets::scalpel_home().join("assets");
-    fs::create_dir_all(&assets).unwrap();
-    #[cfg(unix)]
-    std::os::unix::fs::symlink(&assets, h.join("assets")).unwrap();
-    h
+    common::fresh_home(dir)
 }
 
 fn tiny() -> String {
@@ -96,16 +88,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn only_dir(root: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = fs::read_dir(root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs.into_iter().next().unwrap()
-}
-
 /// Every journal line is a distinct part: a resumed run never appends a part twice.
 fn assert_no_doubled_parts(run_dir: &Path) {
     for e in fs::read_dir(run_dir.join("journal")).unwrap() {
@@ -130,7 +112,7 @@ fn sigkill_at_random_points_then_resume_equals_an_uninterrupted_run() {
     let o = run(&s, &reference_root, &home(&tmp.path().join("h0")));
     let full = started.elapsed();
     assert!(o.status.code().is_some(), "{}", text(&o.stderr));
-    let reference = Run::read(&only_dir(&reference_root)).unwrap();
+    let reference = Run::read(&common::only_dir(&reference_root)).unwrap();
     assert!(!reference.items.is_empty());
 
     // Kill points drawn uniformly over the uninterrupted run's wall time (fitting, data
@@ -173,7 +155,7 @@ fn sigkill_at_random_points_then_resume_equals_an_uninterrupted_run() {
         {
             resumed_parts += n;
         }
-        let dir = only_dir(&root);
+        let dir = common::only_dir(&root);
         assert_no_doubled_parts(&dir);
         let got = Run::read(&dir).unwrap();
         slurm::compare(&reference, &got)
@@ -204,7 +186,7 @@ fn damaged_fixtures_and_data_caches_are_found_by_hash_and_rebuilt() {
     let h = home(tmp.path());
     let o = run(&s, &tmp.path().join("runs0"), &h);
     assert!(o.status.code().is_some(), "{}", text(&o.stderr));
-    let reference = Run::read(&only_dir(&tmp.path().join("runs0"))).unwrap();
+    let reference = Run::read(&common::only_dir(&tmp.path().join("runs0"))).unwrap();
 
     let fixtures: Vec<PathBuf> = fs::read_dir(h.join("fixtures"))
         .unwrap()
@@ -253,7 +235,7 @@ fn damaged_fixtures_and_data_caches_are_found_by_hash_and_rebuilt() {
     );
     slurm::compare(
         &reference,
-        &Run::read(&only_dir(&tmp.path().join("runs1"))).unwrap(),
+        &Run::read(&common::only_dir(&tmp.path().join("runs1"))).unwrap(),
     )
     .unwrap();
 
@@ -271,13 +253,13 @@ fn damaged_fixtures_and_data_caches_are_found_by_hash_and_rebuilt() {
     assert_eq!(fs::read(&manifest).unwrap(), m);
     slurm::compare(
         &reference,
-        &Run::read(&only_dir(&tmp.path().join("runs2"))).unwrap(),
+        &Run::read(&common::only_dir(&tmp.path().join("runs2"))).unwrap(),
     )
     .unwrap();
 
     // 3. A journal line of a finished run damaged: that part is scored again on rerun,
     //    not read, and the run's tables come out as before.
-    let dir = only_dir(&tmp.path().join("runs2"));
+    let dir = common::only_dir(&tmp.path().join("runs2"));
     let j = dir.join("journal/steer--copa.jsonl");
     let body = fs::read_to_string(&j).unwrap();
     let damaged = body.replacen("\"pred\":0", "\"pred\":1", 1);
@@ -349,7 +331,7 @@ fn a_blown_up_intervention_fails_its_cases_and_the_run_goes_on() {
             "{t}:\n{out}"
         );
     }
-    let dir = only_dir(&root);
+    let dir = common::only_dir(&root);
     let r = Run::read(&dir).unwrap();
     let errors: Vec<_> = r.verdicts.iter().filter(|v| v.outcome == "error").collect();
     assert_eq!(errors.len(), 3, "{:?}", r.verdicts);
@@ -396,7 +378,7 @@ fn concurrent_runs_into_one_reports_directory_do_not_corrupt_each_other() {
         let root = tmp.path().join(format!("ref{i}"));
         let o = run(s, &root, &home(&tmp.path().join(format!("rh{i}"))));
         assert!(o.status.code().is_some(), "{}", text(&o.stderr));
-        refs.push(Run::read(&only_dir(&root)).unwrap());
+        refs.push(Run::read(&common::only_dir(&root)).unwrap());
     }
     // Now at once, into one reports directory and one empty cache: alpha twice (the
     // same run id), beta once; both fit the same fixture at the same time.

@@ -9,7 +9,7 @@ mod common;
 mod slurm;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use scalpel::harness::shard::Shard;
@@ -77,16 +77,6 @@ fn shards_partition_every_task_and_balance_its_cost() {
     }
 }
 
-fn only_dir(root: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = fs::read_dir(root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs.into_iter().next().unwrap()
-}
-
 #[test]
 fn three_merged_shards_equal_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +96,7 @@ fn three_merged_shards_equal_the_unsharded_run() {
     );
     let whole_out = text(&o.stdout);
     assert!(o.status.code().is_some(), "{}", text(&o.stderr));
-    let whole = Run::read(&only_dir(&whole_root)).unwrap();
+    let whole = Run::read(&common::only_dir(&whole_root)).unwrap();
 
     // Shard 1 by flag, 2 through a CI matrix's variable, 3 as a Slurm array task (0-based
     // array ids 0..2).

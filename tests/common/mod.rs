@@ -102,3 +102,26 @@ pub fn offset_fit_config(alpha: f64) -> String {
          harmless: [{{task: lambada_openai, limit: 6}}]\nmax_tokens: 16\noffset: {{alpha: {alpha:?}}}\n"
     )
 }
+
+/// The one run directory under `root` (a test that stored one run).
+pub fn only_dir(root: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+/// A fresh `SCALPEL_HOME` under `dir` whose assets are the user's (already fetched;
+/// nothing is downloaded again) and whose fixture and data caches start empty.
+pub fn fresh_home(dir: &Path) -> PathBuf {
+    let h = dir.join("home");
+    std::fs::create_dir_all(&h).unwrap();
+    let assets = scalpel::assets::scalpel_home().join("assets");
+    std::fs::create_dir_all(&assets).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&assets, h.join("assets")).unwrap();
+    h
+}
