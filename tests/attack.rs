@@ -108,35 +108,33 @@ fn fitting_the_soft_prompt_makes_harmful_continuations_likely() {
         seed: 1,
     };
     let d = m.model.info().d_model;
-    let defence = Intervention::Offset {
+    let iv = Intervention::Offset {
         alpha: 4.0,
         sites: vec![(
             HookPoint::ResidPost(20),
             Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap(),
         )],
     };
-    for iv in [defence] {
-        let fit = fit_embedding_attack(m, &iv, &t, &cfg, |_, _, _| {}).unwrap();
-        let without = target_nll(m, &iv, None, &t, 8).unwrap();
-        let with = target_nll(m, &iv, Some(&fit.prefix), &t, 8).unwrap();
-        eprintln!(
-            "NLL per token {without:.3} without, {with:.3} with; {:.1} s",
-            fit.seconds
-        );
-        assert!(
-            with < without - 1.0,
-            "{:?}: NLL per token {without:.3} without the attack, {with:.3} with; curve {:?}",
-            iv.kind(),
-            fit.curve
-        );
-        assert!(fit.curve.iter().all(|x| x.is_finite()));
-        assert_eq!(fit.prefix.embeds.dims(), &[10, d]);
-        let first = fit.curve[0];
-        assert!(*fit.curve.last().unwrap() < first, "{:?}", fit.curve);
-        // The soft prompt is no token: its embeddings left the vocabulary's.
-        let norm = fit.prefix.embeds.sqr().unwrap().sum(D::Minus1).unwrap();
-        assert!(norm.to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
-    }
+    let fit = fit_embedding_attack(m, &iv, &t, &cfg, |_, _, _| {}).unwrap();
+    let without = target_nll(m, &iv, None, &t, 8).unwrap();
+    let with = target_nll(m, &iv, Some(&fit.prefix), &t, 8).unwrap();
+    eprintln!(
+        "NLL per token {without:.3} without, {with:.3} with; {:.1} s",
+        fit.seconds
+    );
+    assert!(
+        with < without - 1.0,
+        "{:?}: NLL per token {without:.3} without the attack, {with:.3} with; curve {:?}",
+        iv.kind(),
+        fit.curve
+    );
+    assert!(fit.curve.iter().all(|x| x.is_finite()));
+    assert_eq!(fit.prefix.embeds.dims(), &[10, d]);
+    let first = fit.curve[0];
+    assert!(*fit.curve.last().unwrap() < first, "{:?}", fit.curve);
+    // The soft prompt is no token: its embeddings left the vocabulary's.
+    let norm = fit.prefix.embeds.sqr().unwrap().sum(D::Minus1).unwrap();
+    assert!(norm.to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
 }
 
 /// A suite gate under attack: `attack: NAME` runs the intervention and the reference each

@@ -19,6 +19,12 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Lower-case hex sha256 of `bytes`: the checksum every cache file and journal line
+/// carries.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// sha256 (hex) and length of a file, read in 1 MiB blocks.
 pub(crate) fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
     let mut f = File::open(path)?;

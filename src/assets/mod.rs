@@ -26,6 +26,7 @@ mod cache;
 mod catalog;
 mod client;
 mod digest;
+pub(crate) use digest::sha256_hex;
 mod error;
 mod fetch;
 mod progress;

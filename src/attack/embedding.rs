@@ -373,15 +373,11 @@ pub fn defence_key(iv: &Intervention) -> Result<String, AttackError> {
 /// renamed, the JSON last and holding the tensors' sha256, so a damaged or half-written
 /// pair is refitted, never used.
 pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<AttackFit> {
-    use sha2::{Digest, Sha256};
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(format!("{key}.json"))).ok()?).ok()?;
     let tpath = dir.join(format!("{key}.safetensors"));
     let bytes = std::fs::read(&tpath).ok()?;
-    let sum: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sum = crate::assets::sha256_hex(&bytes);
     if meta["tensors_sha256"].as_str() != Some(sum.as_str()) {
         eprintln!(
             "scalpel: cached attack {}: does not match its sha256; fitting it again",
@@ -408,7 +404,6 @@ pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<AttackFit> {
 /// Cache `fit` under `key` in `dir` (see [`load_cached`]); a cache that cannot be
 /// written costs a refit next time, nothing more.
 pub fn save_cached(dir: &std::path::Path, key: &str, fit: &AttackFit) {
-    use sha2::{Digest, Sha256};
     let _ = std::fs::create_dir_all(dir);
     let tpath = dir.join(format!("{key}.safetensors"));
     let tmp = dir.join(format!(".{key}.safetensors.tmp{}", std::process::id()));
@@ -430,7 +425,7 @@ pub fn save_cached(dir: &std::path::Path, key: &str, fit: &AttackFit) {
         "curve": fit.curve,
         "nll_before": fit.nll_before,
         "seconds": fit.seconds,
-        "tensors_sha256": Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "tensors_sha256": crate::assets::sha256_hex(&bytes),
     });
     let _ = crate::store::write_atomic(
         &dir.join(format!("{key}.json")),

@@ -62,7 +62,7 @@ pub fn read_through(path: &Path, format: Format, dir: &Path) -> Result<Vec<Doc>,
         // write, a flipped byte that still decodes) is rebuilt from the source, never read.
         // (A cache file from before checksums has none: rebuilt without a word.)
         let (whole, said) = match (fs::read(&cached), fs::read_to_string(&sum_path)) {
-            (Ok(bytes), Ok(sum)) => (sum.trim() == sha256_hex(&bytes), true),
+            (Ok(bytes), Ok(sum)) => (sum.trim() == crate::assets::sha256_hex(&bytes), true),
             _ => (false, false),
         };
         if !whole && said {
@@ -112,12 +112,12 @@ pub fn read_through(path: &Path, format: Format, dir: &Path) -> Result<Vec<Doc>,
     let bytes = fs::read(tmp.path()).map_err(io(tmp.path()))?;
     // The checksum goes first: a parquet without its checksum is rebuilt, never the
     // reverse.
-    crate::store::write_atomic(&sum_path, sha256_hex(&bytes).as_bytes()).map_err(|e| {
-        DataError::Format {
+    crate::store::write_atomic(&sum_path, crate::assets::sha256_hex(&bytes).as_bytes()).map_err(
+        |e| DataError::Format {
             path: path.to_path_buf(),
             message: format!("caching: {e}"),
-        }
-    })?;
+        },
+    )?;
     tmp.persist(&cached).map_err(|e| io(&cached)(e.error))?;
     parquet::read(&cached)
 }
@@ -127,13 +127,6 @@ fn sum_path(cached: &Path) -> PathBuf {
     let mut name = cached.as_os_str().to_owned();
     name.push(".sha256");
     PathBuf::from(name)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[cfg(test)]
@@ -167,7 +160,7 @@ mod tests {
         // checksum) come back.
         let marked = vec![json!({"a": "from cache"}).as_object().unwrap().clone()];
         parquet::write(&cached, &marked).unwrap();
-        let sum = sha256_hex(&std::fs::read(&cached).unwrap());
+        let sum = crate::assets::sha256_hex(&std::fs::read(&cached).unwrap());
         std::fs::write(sum_path(&cached), &sum).unwrap();
         assert_eq!(
             read_through(&p, Format::Jsonl, cache.path()).unwrap(),

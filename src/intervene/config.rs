@@ -295,19 +295,12 @@ fn sweep_key(
         .collect()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The sweep cached at `path`, if it is there and whole; a damaged one is reported and
 /// recomputed. The file is the sha256 of the JSON on its first line, the JSON after.
 fn read_sweep(path: &Path) -> Option<Vec<select::SiteEffect>> {
     let bytes = std::fs::read(path).ok()?;
     let checked = match bytes.iter().position(|&b| b == b'\n') {
-        Some(n) if bytes[..n] == *sha256_hex(&bytes[n + 1..]).as_bytes() => {
+        Some(n) if bytes[..n] == *crate::assets::sha256_hex(&bytes[n + 1..]).as_bytes() => {
             serde_json::from_slice(&bytes[n + 1..]).map_err(|e| e.to_string())
         }
         _ => Err("its contents do not match their sha256".to_string()),
@@ -330,7 +323,7 @@ fn write_sweep(path: &Path, effects: &[select::SiteEffect]) {
     let Ok(body) = serde_json::to_vec(effects) else {
         return;
     };
-    let mut bytes = sha256_hex(&body).into_bytes();
+    let mut bytes = crate::assets::sha256_hex(&body).into_bytes();
     bytes.push(b'\n');
     bytes.extend(body);
     if let Some(dir) = path.parent() {

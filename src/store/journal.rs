@@ -130,7 +130,7 @@ impl Journal {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
-        let line = format!("{json}\t{}\n", sha256_hex(json.as_bytes()));
+        let line = format!("{json}\t{}\n", crate::assets::sha256_hex(json.as_bytes()));
         let io = |source| StoreError::Io {
             path: self.path.clone(),
             source,
@@ -144,14 +144,6 @@ impl Journal {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A journal line read back: its JSON must hash to the sha256 after its last tab (JSON
 /// text never holds a raw tab) and parse as a part.
 fn check_line(line: &[u8]) -> Result<Part, String> {
@@ -160,7 +152,7 @@ fn check_line(line: &[u8]) -> Result<Part, String> {
         .rposition(|&b| b == b'\t')
         .ok_or("no checksum")?;
     let (json, sum) = (&line[..tab], &line[tab + 1..]);
-    if sum != sha256_hex(json).as_bytes() {
+    if sum != crate::assets::sha256_hex(json).as_bytes() {
         return Err("its contents do not match their sha256".into());
     }
     serde_json::from_slice(json).map_err(|e| format!("unreadable part: {e}"))
