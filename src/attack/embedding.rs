@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -19,17 +19,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::intervene::Intervention;
 use crate::model::hooks::{Edit, EditCtx};
-use crate::model::{HookPoint, Hooks, LoadedModel, ModelError, Writer};
+use crate::model::{HookPoint, Hooks, LoadedModel, Writer};
 
-#[derive(Debug, thiserror::Error)]
-pub enum AttackError {
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error("tensor computation: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error("embedding attack: {0}")]
-    Invalid(String),
-}
+use super::targets::{mean_nll, Encoded, Target};
+use super::AttackError;
 
 /// Replaces the input embeddings at positions `start..start + k` with `embeds` (`[k, d]`)
 /// and leaves every other position alone.
@@ -152,29 +145,6 @@ pub struct AttackFit {
     pub seconds: f64,
 }
 
-/// One example: a prompt and the harmful continuation the attacker wants.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub prompt: String,
-    pub continuation: String,
-}
-
-impl Target {
-    /// A harmful text as an attack target: its first `share` of words is the prompt,
-    /// the rest the continuation to elicit. `None` when it is too short to split.
-    pub fn split(text: &str, share: f64) -> Option<Target> {
-        let words: Vec<&str> = text.split_whitespace().collect();
-        if words.len() < 4 {
-            return None;
-        }
-        let cut = ((words.len() as f64 * share).round() as usize).clamp(1, words.len() - 1);
-        Some(Target {
-            prompt: words[..cut].join(" "),
-            continuation: format!(" {}", words[cut..].join(" ")),
-        })
-    }
-}
-
 /// Fit a soft prompt of `cfg.positions` embeddings against `model` under `defence` (the
 /// intervention under test; [`Intervention::None`] for the unprotected model) that
 /// minimises the negative log-likelihood of each target's continuation after its prompt.
@@ -185,9 +155,6 @@ pub fn fit_embedding_attack(
     cfg: &EmbeddingAttackConfig,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<AttackFit, AttackError> {
-    if targets.is_empty() {
-        return Err(AttackError::Invalid("no targets to fit on".into()));
-    }
     if cfg.positions == 0 || cfg.steps == 0 || cfg.batch == 0 {
         return Err(AttackError::Invalid(
             "positions, steps and batch must be at least 1".into(),
@@ -211,28 +178,12 @@ pub fn fit_embedding_attack(
     let soft = Var::from_tensor(&init)?;
     let defence_hooks = defence.hooks();
 
-    // Each example as (ids, where its continuation starts, its length).
-    let mut examples = Vec::with_capacity(targets.len());
-    for t in targets {
-        let mut ids = model.encode(&t.prompt)?;
-        let prompt_len = ids.len();
-        let cont = model.encode_plain(&t.continuation)?;
-        let cont: Vec<u32> = cont.into_iter().take(cfg.max_target_tokens).collect();
-        ids.extend(&cont);
-        let prefix = SoftPrefix {
-            embeds: init.clone(),
-            start,
-        };
-        let ids = prefix.insert_placeholders(&ids);
-        let max = model.model.info().max_positions;
-        if ids.len() > max {
-            return Err(AttackError::Invalid(format!(
-                "an example is {} tokens with the soft prompt, more than the model's {max}",
-                ids.len()
-            )));
-        }
-        examples.push((ids, prompt_len + cfg.positions, cont.len()));
-    }
+    // Each example with the placeholders the soft prompt overwrites.
+    let placeholders = vec![PLACEHOLDER; cfg.positions];
+    let examples: Vec<Encoded> = Encoded::all(model, targets, cfg.max_target_tokens)?
+        .iter()
+        .map(|e| e.with_inserted(start, &placeholders))
+        .collect();
 
     // Mean NLL per target token of `batch` under the soft prompt `embeds`.
     let nll = |embeds: &Tensor, batch: &[usize]| -> Result<Tensor, AttackError> {
@@ -240,26 +191,8 @@ pub fn fit_embedding_attack(
             embeds: embeds.clone(),
             start,
         };
-        let hooks = prefix.with(&defence_hooks);
-        let mut total: Option<Tensor> = None;
-        let mut n = 0usize;
-        for &i in batch {
-            let (ids, from, len) = &examples[i];
-            let t = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
-            let logits = model.model.forward(&t, None, &hooks)?.logits.squeeze(0)?; // [t, v]
-                                                                                    // Position p predicts token p + 1.
-            let pred = logits.narrow(0, from - 1, *len)?;
-            let logp = candle_nn::ops::log_softmax(&pred.to_dtype(DType::F32)?, D::Minus1)?;
-            let want = Tensor::new(&ids[*from..from + len], &dev)?.unsqueeze(1)?;
-            let picked = logp.gather(&want, 1)?.sum_all()?;
-            total = Some(match total {
-                None => picked,
-                Some(s) => (s + picked)?,
-            });
-            n += len;
-        }
-        let total = total.ok_or_else(|| AttackError::Invalid("empty batch".into()))?;
-        Ok((total.neg()? / n.max(1) as f64)?)
+        let chosen: Vec<Encoded> = batch.iter().map(|&i| examples[i].clone()).collect();
+        mean_nll(model, &prefix.with(&defence_hooks), &chosen)
     };
 
     let all: Vec<usize> = (0..examples.len()).collect();
@@ -318,117 +251,17 @@ pub fn target_nll(
     targets: &[Target],
     max_target_tokens: usize,
 ) -> Result<f64, AttackError> {
+    let mut examples = Encoded::all(model, targets, max_target_tokens)?;
     let hooks = match prefix {
-        Some(p) => p.with(&defence.hooks()),
+        Some(p) => {
+            let placeholders = vec![PLACEHOLDER; p.len()];
+            examples = examples
+                .iter()
+                .map(|e| e.with_inserted(p.start, &placeholders))
+                .collect();
+            p.with(&defence.hooks())
+        }
         None => defence.hooks(),
     };
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for t in targets {
-        let mut ids = model.encode(&t.prompt)?;
-        let mut from = ids.len();
-        let cont: Vec<u32> = model
-            .encode_plain(&t.continuation)?
-            .into_iter()
-            .take(max_target_tokens)
-            .collect();
-        ids.extend(&cont);
-        if let Some(p) = prefix {
-            ids = p.insert_placeholders(&ids);
-            from += p.len();
-        }
-        let out = model.forward_ids(&ids, &hooks)?;
-        let logits = out.logits.squeeze(0)?.narrow(0, from - 1, cont.len())?;
-        let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-        let want = Tensor::new(cont.as_slice(), model.device())?.unsqueeze(1)?;
-        sum -= logp.gather(&want, 1)?.sum_all()?.to_scalar::<f32>()? as f64;
-        n += cont.len();
-    }
-    Ok(sum / n.max(1) as f64)
-}
-
-/// Bumped when fitting code changes what an attack fit produces from the same inputs.
-pub const ATTACK_REVISION: u32 = 1;
-
-/// A stable identity of an intervention's effect (its kind, strength and tensors), for
-/// keying attacks fitted against it.
-pub fn defence_key(iv: &Intervention) -> Result<String, AttackError> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(format!("{:?}", iv.kind()).as_bytes());
-    if let Intervention::Offset { alpha, .. } = iv {
-        h.update(alpha.to_le_bytes());
-    }
-    for (name, t) in iv.tensors() {
-        h.update(name.as_bytes());
-        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        for x in v {
-            h.update(x.to_le_bytes());
-        }
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A fitted attack cached on disk: `<dir>/<key>.safetensors` (the soft prompt) and
-/// `<key>.json` (where it starts, its curve), both written beside their names and
-/// renamed, the JSON last and holding the tensors' sha256, so a damaged or half-written
-/// pair is refitted, never used.
-pub fn load_cached(dir: &std::path::Path, key: &str) -> Option<AttackFit> {
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{key}.json"))).ok()?).ok()?;
-    let tpath = dir.join(format!("{key}.safetensors"));
-    let bytes = std::fs::read(&tpath).ok()?;
-    let sum = crate::assets::sha256_hex(&bytes);
-    if meta["tensors_sha256"].as_str() != Some(sum.as_str()) {
-        eprintln!(
-            "scalpel: cached attack {}: does not match its sha256; fitting it again",
-            tpath.display()
-        );
-        return None;
-    }
-    let t = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).ok()?;
-    Some(AttackFit {
-        prefix: SoftPrefix {
-            embeds: t.get("embeds")?.clone(),
-            start: meta["start"].as_u64()? as usize,
-        },
-        curve: meta["curve"]
-            .as_array()?
-            .iter()
-            .filter_map(|x| x.as_f64())
-            .collect(),
-        nll_before: meta["nll_before"].as_f64()?,
-        seconds: meta["seconds"].as_f64()?,
-    })
-}
-
-/// Cache `fit` under `key` in `dir` (see [`load_cached`]); a cache that cannot be
-/// written costs a refit next time, nothing more.
-pub fn save_cached(dir: &std::path::Path, key: &str, fit: &AttackFit) {
-    let _ = std::fs::create_dir_all(dir);
-    let tpath = dir.join(format!("{key}.safetensors"));
-    let tmp = dir.join(format!(".{key}.safetensors.tmp{}", std::process::id()));
-    let Ok(embeds) = fit.prefix.embeds.to_device(&candle_core::Device::Cpu) else {
-        return;
-    };
-    let map = std::collections::HashMap::from([("embeds".to_string(), embeds)]);
-    if candle_core::safetensors::save(&map, &tmp).is_err() {
-        return;
-    }
-    let Ok(bytes) = std::fs::read(&tmp) else {
-        return;
-    };
-    if std::fs::rename(&tmp, &tpath).is_err() {
-        return;
-    }
-    let meta = serde_json::json!({
-        "start": fit.prefix.start,
-        "curve": fit.curve,
-        "nll_before": fit.nll_before,
-        "seconds": fit.seconds,
-        "tensors_sha256": crate::assets::sha256_hex(&bytes),
-    });
-    let _ = crate::store::write_atomic(
-        &dir.join(format!("{key}.json")),
-        meta.to_string().as_bytes(),
-    );
+    Ok(mean_nll(model, &hooks, &examples)?.to_scalar::<f32>()? as f64)
 }

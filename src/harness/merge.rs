@@ -100,6 +100,14 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
                 .or_insert_with(|| format!("shard {}: {why}", s.shard));
         }
     }
+    // Each shard fitted the same attacks (the same inputs, so the same cache key); the
+    // first shard's record of each stands for all.
+    let mut attacks: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for s in &shards {
+        for (case, v) in record::attack_fits(&s.run.meta) {
+            attacks.entry(case).or_insert(v);
+        }
+    }
     // Every case any shard ran, from the journals.
     let mut reports: BTreeMap<(String, TaskId), TaskReport> = BTreeMap::new();
     let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
@@ -260,6 +268,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
         manifests,
         parts,
         failed,
+        attacks,
     };
     record::write(&dir, &suite, &out_run, &info).map_err(store_err(out))?;
     let report = crate::report::render_run_dir(&dir.dir).map_err(|e| HarnessError::Report {

@@ -155,6 +155,20 @@ pub fn write(
 /// holds the error.
 pub const FAILED_PREFIX: &str = "failed.";
 
+/// Metadata key prefix of an attacked case's fit: `attack.<intervention>@<attack>` holds
+/// its summary as JSON.
+pub const ATTACK_PREFIX: &str = "attack.";
+
+/// The attack fits a stored run records, by case.
+pub fn attack_fits(meta: &BTreeMap<String, String>) -> BTreeMap<String, serde_json::Value> {
+    meta.iter()
+        .filter_map(|(k, v)| {
+            let case = k.strip_prefix(ATTACK_PREFIX)?;
+            Some((case.to_string(), serde_json::from_str(v).ok()?))
+        })
+        .collect()
+}
+
 /// The failed cases a stored run records, read back from its metadata.
 pub fn failed_cases(
     meta: &BTreeMap<String, String>,
@@ -227,6 +241,9 @@ fn metadata(
     }
     for ((iv, task), why) in &out.failed {
         put(&format!("{FAILED_PREFIX}{iv}::{task}"), why.clone());
+    }
+    for (case, summary) in &out.attacks {
+        put(&format!("{ATTACK_PREFIX}{case}"), summary.to_string());
     }
     Ok(m.into_iter()
         .map(|(key, value)| MetaRow { key, value })

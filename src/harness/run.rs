@@ -129,6 +129,9 @@ pub struct RunOutput {
     /// The cases that could not be scored ([`HarnessError::Case`]), with the error: the
     /// trials reading them fail with it, and the report lists them.
     pub failed: BTreeMap<(String, TaskId), String>,
+    /// Each attacked case's attack fit (kind, targets' NLL before and after, seconds,
+    /// a token attack's text), as JSON.
+    pub attacks: BTreeMap<String, serde_json::Value>,
 }
 
 /// Where a run is, for a progress display.
@@ -222,7 +225,7 @@ pub fn run(
     }
 
     // Each attacked case's attack, fitted against its intervention.
-    let mut attacked: BTreeMap<String, crate::attack::SoftPrefix> = BTreeMap::new();
+    let mut attacked: BTreeMap<String, Attacked> = BTreeMap::new();
     for (case, _) in &cases {
         let (iv, Some(a)) = super::suite::split_case(case) else {
             continue;
@@ -241,9 +244,9 @@ pub fn run(
                 })?;
         progress(RunProgress::Attacking { case: case.clone() });
         let start = Instant::now();
-        let prefix = fit_attack(model, spec, &built[iv], case)?;
+        let a = fit_attack(model, spec, &built[iv], case)?;
         seconds.insert(format!("attack {case}"), start.elapsed().as_secs_f64());
-        attacked.insert(case.clone(), prefix);
+        attacked.insert(case.clone(), a);
     }
 
     let mut reports = BTreeMap::new();
@@ -291,9 +294,9 @@ pub fn run(
             };
             let mut cx = RunContext::new(model, &mut report_progress);
             cx.hooks = built[&base_of(name)].hooks();
-            if let Some(p) = attacked.get(name.as_str()) {
-                cx.hooks = p.with(&cx.hooks);
-                cx.prefix = Some(p.clone());
+            if let Some(a) = attacked.get(name.as_str()) {
+                cx.hooks = a.hooks.clone();
+                cx.prefix = a.prefix.clone();
             }
             cx.seed = suite.seed;
             cx.scorer = scorer.as_deref();
@@ -333,6 +336,10 @@ pub fn run(
         manifests,
         parts,
         failed,
+        attacks: attacked
+            .into_iter()
+            .map(|(case, a)| (case, a.summary))
+            .collect(),
     })
 }
 
@@ -451,15 +458,26 @@ pub(crate) fn verdicts(
         .collect()
 }
 
-/// The soft prompt of attack `spec` fitted against `defence` on `model`, from the fixture
-/// cache when the model, defence, attack and targets are unchanged.
+/// A case's model under attack: the hooks it runs with (the intervention's, as the
+/// attacker left it, and the attack's) and the soft prompt its prompts make room for.
+#[derive(Clone)]
+pub(crate) struct Attacked {
+    pub hooks: crate::model::Hooks,
+    pub prefix: Option<crate::attack::SoftPrefix>,
+    /// How the fit went (kind, NLL of the targets before and after, seconds; a token
+    /// attack's text), for the run's record.
+    pub summary: serde_json::Value,
+}
+
+/// Attack `spec` fitted against `defence` on `model`, from the fixture cache when the
+/// model, defence, attack and targets are unchanged.
 fn fit_attack(
     model: &LoadedModel,
     spec: &super::suite::AttackSpec,
     defence: &Intervention,
     case: &str,
-) -> Result<crate::attack::SoftPrefix, HarnessError> {
-    use crate::attack::{self, Target};
+) -> Result<Attacked, HarnessError> {
+    use crate::attack::{self, cache, AttackConfig, Target};
     use sha2::{Digest, Sha256};
     let fail = |message: String| HarnessError::Attack {
         case: case.to_string(),
@@ -508,11 +526,100 @@ fn fit_attack(
     let dir = crate::assets::scalpel_home()
         .join("fixtures")
         .join("attacks");
-    if let Some(fit) = attack::load_cached(&dir, &key) {
-        return Ok(fit.prefix);
-    }
-    let fit = attack::fit_embedding_attack(model, defence, &targets, &spec.config, |_, _, _| {})
-        .map_err(|e| fail(e.to_string()))?;
-    attack::save_cached(&dir, &key, &fit);
-    Ok(fit.prefix)
+    let e = |e: attack::AttackError| fail(e.to_string());
+    let cached = cache::load(&dir, &key);
+    let (tensors, summary) = match cached {
+        Some(c) => c,
+        None => {
+            let (tensors, summary) = match &spec.config {
+                AttackConfig::Embedding(cfg) => {
+                    let fit =
+                        attack::fit_embedding_attack(model, defence, &targets, cfg, |_, _, _| {})
+                            .map_err(e)?;
+                    let t = BTreeMap::from([("embeds".to_string(), fit.prefix.embeds.clone())]);
+                    let s = serde_json::json!({
+                        "kind": "embedding", "start": fit.prefix.start, "curve": fit.curve,
+                        "nll_before": fit.nll_before,
+                        "nll_after": fit.curve.last().copied().unwrap_or(fit.nll_before),
+                        "seconds": fit.seconds,
+                    });
+                    (t, s)
+                }
+                AttackConfig::Gcg(cfg) => {
+                    let fit =
+                        attack::fit_gcg(model, defence, &targets, cfg, |_, _, _| {}).map_err(e)?;
+                    let ids =
+                        candle_core::Tensor::new(fit.tokens.as_slice(), &candle_core::Device::Cpu)
+                            .map_err(|x| fail(x.to_string()))?;
+                    let s = serde_json::json!({
+                        "kind": "gcg", "tokens": fit.tokens, "text": fit.text, "curve": fit.curve,
+                        "nll_before": fit.nll_before,
+                        "nll_after": fit.curve.last().copied().unwrap_or(fit.nll_before),
+                        "seconds": fit.seconds,
+                    });
+                    (BTreeMap::from([("tokens".to_string(), ids)]), s)
+                }
+                AttackConfig::Tamper(cfg) => {
+                    let fit = attack::fit_tamper(model, defence, &targets, cfg, |_, _, _| {})
+                        .map_err(e)?;
+                    let s = serde_json::json!({
+                        "kind": "tamper", "params": cfg.params.name(), "steps": cfg.steps,
+                        "curve": fit.curve, "nll_before": fit.nll_before,
+                        "nll_after": fit.nll_after, "seconds": fit.seconds,
+                    });
+                    (fit.tensors(), s)
+                }
+            };
+            cache::save(&dir, &key, &tensors, summary.clone());
+            (tensors, summary)
+        }
+    };
+    let dev = model.device();
+    let on_device = |t: &candle_core::Tensor| t.to_device(dev).map_err(|x| fail(x.to_string()));
+    let mut base = defence.hooks();
+    let attacked = match &spec.config {
+        AttackConfig::Embedding(_) => {
+            let embeds = tensors
+                .get("embeds")
+                .ok_or_else(|| fail("cached attack has no 'embeds'".into()))?;
+            let prefix = attack::SoftPrefix {
+                embeds: on_device(embeds)?,
+                start: attack::SoftPrefix::start_for(model),
+            };
+            Attacked {
+                hooks: prefix.with(&base),
+                prefix: Some(prefix),
+                summary,
+            }
+        }
+        AttackConfig::Gcg(_) => {
+            let ids: Vec<u32> = tensors
+                .get("tokens")
+                .ok_or_else(|| fail("cached attack has no 'tokens'".into()))?
+                .to_vec1()
+                .map_err(|x| fail(x.to_string()))?;
+            let prefix = attack::token_prefix(model, &ids).map_err(e)?;
+            Attacked {
+                hooks: prefix.with(&base),
+                prefix: Some(prefix),
+                summary,
+            }
+        }
+        AttackConfig::Tamper(cfg) => {
+            let mut on = BTreeMap::new();
+            for (k, t) in &tensors {
+                on.insert(k.clone(), on_device(t)?);
+            }
+            let (iv, adapters) =
+                attack::TamperFit::from_tensors(model, defence, cfg, &on).map_err(e)?;
+            base = iv.hooks();
+            adapters.add_to(&mut base);
+            Attacked {
+                hooks: base,
+                prefix: None,
+                summary,
+            }
+        }
+    };
+    Ok(attacked)
 }

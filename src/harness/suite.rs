@@ -92,6 +92,16 @@ struct RawAttack {
     max_target_tokens: Option<usize>,
     #[serde(default)]
     seed: Option<u64>,
+    /// `gcg`: replacements kept per position, swaps tried per step.
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    candidates: Option<usize>,
+    /// `tamper`: what is fine-tuned (`model` or `intervention`), the adapters' rank.
+    #[serde(default)]
+    params: Option<String>,
+    #[serde(default)]
+    rank: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,10 +119,112 @@ struct RawAttackTargets {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttackSpec {
     pub name: String,
-    pub config: crate::attack::EmbeddingAttackConfig,
+    pub config: crate::attack::AttackConfig,
     /// The task whose fit-split texts are split into prompt and continuation targets.
     pub targets: TaskId,
     pub limit: Option<usize>,
+}
+
+/// An attack entry's kind and hyperparameters (defaults from each kind's config), with
+/// the fields that do not belong to its kind refused.
+fn attack_config(r: &RawAttack, suite_seed: u64) -> Result<crate::attack::AttackConfig, String> {
+    use crate::attack::{
+        AttackConfig, EmbeddingAttackConfig, GcgConfig, TamperConfig, TamperParams,
+    };
+    let given = [
+        ("positions", r.positions.is_some()),
+        ("lr", r.lr.is_some()),
+        ("top_k", r.top_k.is_some()),
+        ("candidates", r.candidates.is_some()),
+        ("params", r.params.is_some()),
+        ("rank", r.rank.is_some()),
+    ];
+    let fields: &[&str] = match r.kind.as_str() {
+        "embedding" => &["positions", "lr"],
+        "gcg" => &["positions", "top_k", "candidates"],
+        "tamper" => &["lr", "params", "rank"],
+        other => {
+            return Err(format!(
+                "kind '{other}': the attack kinds are: embedding, gcg, tamper"
+            ))
+        }
+    };
+    if let Some((f, _)) = given.iter().find(|(f, set)| *set && !fields.contains(f)) {
+        return Err(format!("{f}: not a field of a {} attack", r.kind));
+    }
+    let seed = r.seed.unwrap_or(suite_seed);
+    let positive = |name: &str, v: usize| {
+        if v == 0 {
+            Err(format!("{name} must be at least 1"))
+        } else {
+            Ok(v)
+        }
+    };
+    let lr = |d: f64| {
+        let v = r.lr.unwrap_or(d);
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(format!("lr must be a positive number, got {v}"))
+        }
+    };
+    Ok(match r.kind.as_str() {
+        "embedding" => {
+            let d = EmbeddingAttackConfig::default();
+            AttackConfig::Embedding(EmbeddingAttackConfig {
+                positions: positive("positions", r.positions.unwrap_or(d.positions))?,
+                steps: positive("steps", r.steps.unwrap_or(d.steps))?,
+                lr: lr(d.lr)?,
+                batch: positive("batch", r.batch.unwrap_or(d.batch))?,
+                max_target_tokens: positive(
+                    "max_target_tokens",
+                    r.max_target_tokens.unwrap_or(d.max_target_tokens),
+                )?,
+                seed,
+            })
+        }
+        "gcg" => {
+            let d = GcgConfig::default();
+            AttackConfig::Gcg(GcgConfig {
+                positions: positive("positions", r.positions.unwrap_or(d.positions))?,
+                steps: positive("steps", r.steps.unwrap_or(d.steps))?,
+                top_k: positive("top_k", r.top_k.unwrap_or(d.top_k))?,
+                candidates: positive("candidates", r.candidates.unwrap_or(d.candidates))?,
+                batch: positive("batch", r.batch.unwrap_or(d.batch))?,
+                max_target_tokens: positive(
+                    "max_target_tokens",
+                    r.max_target_tokens.unwrap_or(d.max_target_tokens),
+                )?,
+                seed,
+            })
+        }
+        _ => {
+            let d = TamperConfig::default();
+            let params = match r.params.as_deref() {
+                None | Some("model") => TamperParams::Model,
+                Some("intervention") => TamperParams::Intervention,
+                Some(other) => {
+                    return Err(format!(
+                        "params '{other}': a tamper attack fine-tunes 'model' or 'intervention'"
+                    ))
+                }
+            };
+            // Zero steps is allowed: the tampered model is then the untampered one, a
+            // budget-0 point on a tamper curve.
+            AttackConfig::Tamper(TamperConfig {
+                params,
+                steps: r.steps.unwrap_or(d.steps),
+                lr: lr(d.lr)?,
+                batch: positive("batch", r.batch.unwrap_or(d.batch))?,
+                rank: positive("rank", r.rank.unwrap_or(d.rank))?,
+                max_target_tokens: positive(
+                    "max_target_tokens",
+                    r.max_target_tokens.unwrap_or(d.max_target_tokens),
+                )?,
+                seed,
+            })
+        }
+    })
 }
 
 /// A causal trace of the unmodified model (ROME's noise-and-restore) that the run draws
@@ -640,35 +752,12 @@ impl Suite {
             if attacks.iter().any(|x| x.name == name) {
                 return Err(bad(format!("'{name}' is named twice")));
             }
-            if r.kind != "embedding" {
-                return Err(bad(format!(
-                    "kind '{}': the attack kinds are: embedding",
-                    r.kind
-                )));
-            }
             let targets: TaskId = r
                 .targets
                 .task
                 .parse()
                 .map_err(|e: crate::tasks::UnknownTask| bad(format!("targets.task: {e}")))?;
-            let d = crate::attack::EmbeddingAttackConfig::default();
-            let config = crate::attack::EmbeddingAttackConfig {
-                positions: r.positions.unwrap_or(d.positions),
-                steps: r.steps.unwrap_or(d.steps),
-                lr: r.lr.unwrap_or(d.lr),
-                batch: r.batch.unwrap_or(d.batch),
-                max_target_tokens: r.max_target_tokens.unwrap_or(d.max_target_tokens),
-                seed: r.seed.unwrap_or(raw.seed),
-            };
-            if config.positions == 0 || config.steps == 0 || config.batch == 0 {
-                return Err(bad("positions, steps and batch must be at least 1".into()));
-            }
-            if !(config.lr.is_finite() && config.lr > 0.0) {
-                return Err(bad(format!(
-                    "lr must be a positive number, got {}",
-                    config.lr
-                )));
-            }
+            let config = attack_config(r, raw.seed).map_err(bad)?;
             if r.targets.limit == Some(0) {
                 return Err(bad("targets.limit must be at least 1".into()));
             }
@@ -808,20 +897,24 @@ impl Suite {
             let attack = match &g.attack {
                 None => None,
                 Some(a) => {
-                    if !attacks.iter().any(|x| x.name == a.value) {
+                    let Some(spec) = attacks.iter().find(|x| x.name == a.value) else {
                         return Err(err(
                             &a.referenced,
                             format!("{at}.attack"),
                             format!("'{}' is not one of the attacks", a.value),
                         ));
-                    }
-                    if !matches!(id, TaskId::Realtoxicityprompts | TaskId::Bold) {
+                    };
+                    // A tampered model runs any task; a prompt attack needs prompts.
+                    let prompt_attack =
+                        !matches!(spec.config, crate::attack::AttackConfig::Tamper(_));
+                    if prompt_attack && !matches!(id, TaskId::Realtoxicityprompts | TaskId::Bold) {
                         return Err(err(
                             &a.referenced,
                             format!("{at}.attack"),
                             format!(
-                                "an attack goes in front of a generation task's prompts \
-                                 (realtoxicityprompts, bold), not {id}"
+                                "a {} attack goes in front of a generation task's prompts \
+                                 (realtoxicityprompts, bold), not {id}",
+                                spec.config.kind()
                             ),
                         ));
                     }

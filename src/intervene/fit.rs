@@ -679,7 +679,7 @@ fn next_batch(v: &mut [usize], at: &mut usize, n: usize, rng: &mut ChaCha8Rng) -
     out
 }
 
-fn seeded_normal(
+pub(crate) fn seeded_normal(
     shape: &[usize],
     std: f64,
     seed: u64,

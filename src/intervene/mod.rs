@@ -187,6 +187,67 @@ impl Intervention {
         }
     }
 
+    /// The same intervention with its tensors replaced by `new`'s, named as
+    /// [`Intervention::tensors`] names them (every one must be there); how a tamper
+    /// attack puts trainable copies in place.
+    pub fn with_tensors(&self, new: &BTreeMap<String, Tensor>) -> Result<Intervention, String> {
+        let get = |name: String| {
+            new.get(&name)
+                .cloned()
+                .ok_or_else(|| format!("no tensor '{name}'"))
+        };
+        Ok(match self {
+            Intervention::None => Intervention::None,
+            Intervention::Ablate { mode, sites } => Intervention::Ablate {
+                mode: *mode,
+                sites: sites
+                    .iter()
+                    .map(|(p, t)| match t {
+                        Some(_) => get(format!("{p}.vector")).map(|v| (*p, Some(v))),
+                        None => Ok((*p, None)),
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            Intervention::Offset { alpha, sites } => Intervention::Offset {
+                alpha: *alpha,
+                sites: sites
+                    .iter()
+                    .map(|(p, _)| get(format!("{p}.vector")).map(|v| (*p, v)))
+                    .collect::<Result<_, _>>()?,
+            },
+            Intervention::LowRank { sites } => Intervention::LowRank {
+                sites: sites
+                    .iter()
+                    .map(|(p, _)| {
+                        Ok((
+                            *p,
+                            LowRankEdit {
+                                r: get(format!("{p}.R"))?,
+                                w: get(format!("{p}.W"))?,
+                                b: get(format!("{p}.b"))?,
+                            },
+                        ))
+                    })
+                    .collect::<Result<_, String>>()?,
+            },
+            Intervention::Lora { sites } => Intervention::Lora {
+                sites: sites
+                    .iter()
+                    .map(|(p, e)| {
+                        Ok((
+                            *p,
+                            LoraEdit {
+                                a: get(format!("{p}.A"))?,
+                                b: get(format!("{p}.B"))?,
+                                scale: e.scale,
+                            },
+                        ))
+                    })
+                    .collect::<Result<_, String>>()?,
+            },
+        })
+    }
+
     /// Named tensors, as saved: `<site>.<name>`.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
         let mut m = BTreeMap::new();

@@ -64,6 +64,11 @@ impl Tokenizer {
             .map_err(|e| self.err(format!("decode: {e}")))
     }
 
+    /// Ids of the added and special tokens (`<|im_start|>`, `<bos>`, …).
+    pub fn special_ids(&self) -> std::collections::BTreeSet<u32> {
+        self.inner.get_added_tokens_decoder().into_keys().collect()
+    }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
