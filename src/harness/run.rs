@@ -369,6 +369,7 @@ pub fn paired_sample(
     let values = |r: &TaskReport| -> Result<BTreeMap<usize, f64>, StatsError> {
         r.items
             .iter()
+            .filter(|it| g.group.is_none() || it.group() == g.group.as_deref())
             .map(|it| {
                 let v = it.values().get(g.metric.as_str()).copied().ok_or_else(|| {
                     StatsError::Invalid(format!("item {} has no '{}'", it.idx(), g.metric))
@@ -451,7 +452,7 @@ pub(crate) fn verdicts(
                 gate: *gi,
                 intervention: iv.clone(),
                 task: g.task,
-                metric: g.metric.clone(),
+                metric: g.metric_label(),
                 outcome,
             }
         })

@@ -319,6 +319,10 @@ struct RawGate {
     /// Run the compared cases under this attack (`attacks[].name`).
     #[serde(default)]
     attack: Option<Spanned<String>>,
+    /// One gate per group of the task's items (e.g. BBQ category), each on that group's
+    /// items alone: "no group's perplexity rises by more than 5%".
+    #[serde(default)]
+    per_group: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -376,6 +380,8 @@ pub struct GateSpec {
     pub model: Option<String>,
     /// The attack every compared case runs under (`suite.attacks`), if any.
     pub attack: Option<String>,
+    /// The group of items the gate reads (`per_group`), if not all of them.
+    pub group: Option<String>,
 }
 
 impl GateSpec {
@@ -383,9 +389,19 @@ impl GateSpec {
     /// under an attack), after `model::` in a suite of several models.
     pub fn trial_name(&self, intervention: &str) -> String {
         let case = self.case(intervention);
+        let metric = self.metric_label();
         match &self.model {
-            Some(m) => format!("{m}::{case}::{}::{}", self.task, self.metric),
-            None => format!("{case}::{}::{}", self.task, self.metric),
+            Some(m) => format!("{m}::{case}::{}::{metric}", self.task),
+            None => format!("{case}::{}::{metric}", self.task),
+        }
+    }
+
+    /// The metric as trials name it: `nll_per_token`, or `nll_per_token[Age]` on one
+    /// group's items.
+    pub fn metric_label(&self) -> String {
+        match &self.group {
+            Some(g) => format!("{}[{g}]", self.metric),
+            None => self.metric.clone(),
         }
     }
 
@@ -921,10 +937,24 @@ impl Suite {
                     Some(a.value.clone())
                 }
             };
+            let groups: Vec<Option<String>> = match &g.per_group {
+                Some(pg) if pg.value => match id.groups() {
+                    Some(gs) => gs.iter().map(|x| Some(x.to_string())).collect(),
+                    None => {
+                        return Err(err(
+                            &pg.referenced,
+                            format!("{at}.per_group"),
+                            format!("{id} has no groups (tasks with groups: bbq, perplexity_bbq)"),
+                        ))
+                    }
+                },
+                _ => vec![None],
+            };
             if let Some(prev) = gates.iter().position(|p: &GateSpec| {
                 p.task == id
                     && p.metric == metric
                     && p.attack == attack
+                    && groups.contains(&p.group)
                     && p.interventions.iter().any(|n| names.contains(n))
             }) {
                 return Err(here(format!(
@@ -932,14 +962,17 @@ impl Suite {
                      trial names (intervention::task::metric) must be unique"
                 )));
             }
-            gates.push(GateSpec {
-                task: id,
-                metric,
-                gate,
-                interventions: names,
-                model: None,
-                attack,
-            });
+            for group in groups {
+                gates.push(GateSpec {
+                    task: id,
+                    metric: metric.clone(),
+                    gate,
+                    interventions: names.clone(),
+                    model: None,
+                    attack: attack.clone(),
+                    group,
+                });
+            }
         }
         if gates.is_empty() {
             return Err(err(

