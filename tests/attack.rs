@@ -383,6 +383,16 @@ fn a_suite_gates_toxicity_under_an_attack_fitted_against_each_case() {
         fits["none@tamper3"]["nll_after"].as_f64().unwrap()
             < fits["none@tamper3"]["nll_before"].as_f64().unwrap()
     );
+    // The report's attack section: each fit, each case's outcome, the share retained.
+    let page = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(page.contains("<h2>Attacks</h2>"), "no attack section");
+    for case in ["steer@gcg3", "none@tamper3", "steer@soft4"] {
+        assert!(
+            page.contains(&format!("<code>{case}</code>")),
+            "{case} missing"
+        );
+    }
+    assert!(page.contains("after tampering"), "no tamper chart");
     let cached = std::fs::read_dir(home.join("fixtures/attacks"))
         .unwrap()
         .count();

@@ -3,6 +3,7 @@
 //! [`charts`], no script, nothing fetched), rendered with minijinja from templates built
 //! into the binary.
 
+pub mod attacks;
 pub mod charts;
 pub mod compare;
 pub mod run_page;

@@ -443,6 +443,7 @@ pub fn render(run: &Run) -> Result<String, ReportError> {
             .collect::<Vec<_>>(),
         forests => forests(&run.verdicts, |v| v.intervention.clone()).into_iter().map(|svg| Figure { svg }).collect::<Vec<_>>(),
         sweeps => sweeps(run)?,
+        attacks => super::attacks::view(run),
         traces => trace_figures(run)?,
         tasks => task_views(run),
         version => run.meta("scalpel_version"),

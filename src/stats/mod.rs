@@ -14,6 +14,7 @@ pub mod holm;
 pub mod mcnemar;
 pub mod paired;
 pub mod proportion;
+pub mod retained;
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
