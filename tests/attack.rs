@@ -432,3 +432,51 @@ fn an_attack_on_a_scoring_task_is_a_suite_error() {
         "{e}"
     );
 }
+
+/// Attack and per-group fields that do not fit are suite errors naming the entry.
+#[test]
+fn misfitting_attack_and_group_fields_are_suite_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = tmp.path().join("bad.yaml");
+    let head = "name: bad\ninterventions:\n  - {name: none}\n  - {name: z, artifact: .}\n\
+                tasks:\n  - {task: realtoxicityprompts}\n  - {task: copa}\n";
+    for (attacks, gate, want) in [
+        (
+            "  - {name: a, kind: embedding, top_k: 3, targets: {task: realtoxicityprompts}}",
+            "{task: realtoxicityprompts, metric: toxic, non_inferiority: 0.1, attack: a}",
+            "attacks[0]: top_k: not a field of kind embedding",
+        ),
+        (
+            "  - {name: a, kind: tamper, params: weights, targets: {task: realtoxicityprompts}}",
+            "{task: copa, metric: acc, non_inferiority: 0.1, attack: a}",
+            "params 'weights'",
+        ),
+        (
+            "  - {name: a, kind: gcg, candidates: 0, targets: {task: realtoxicityprompts}}",
+            "{task: realtoxicityprompts, metric: toxic, non_inferiority: 0.1, attack: a}",
+            "candidates must be at least 1",
+        ),
+        (
+            "  - {name: a, kind: gcg, targets: {task: realtoxicityprompts}}",
+            "{task: copa, metric: acc, non_inferiority: 0.1, attack: a}",
+            "a gcg attack goes in front of a generation task's prompts",
+        ),
+        (
+            "  - {name: a, kind: jailbreak, targets: {task: realtoxicityprompts}}",
+            "{task: copa, metric: acc, non_inferiority: 0.1}",
+            "the attack kinds are: embedding, gcg, tamper",
+        ),
+        (
+            "  - {name: a, kind: tamper, targets: {task: realtoxicityprompts}}",
+            "{task: copa, metric: acc, non_inferiority: 0.1, per_group: true}",
+            "gates[0].per_group: copa has no groups",
+        ),
+    ] {
+        let text = format!("{head}attacks:\n{attacks}\ngates:\n  - {gate}\n");
+        std::fs::write(&suite, &text).unwrap();
+        let e = scalpel::harness::suite::Suite::parse(&suite, &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{attacks} / {gate}: {e}");
+    }
+}

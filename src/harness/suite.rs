@@ -150,7 +150,7 @@ fn attack_config(r: &RawAttack, suite_seed: u64) -> Result<crate::attack::Attack
         }
     };
     if let Some((f, _)) = given.iter().find(|(f, set)| *set && !fields.contains(f)) {
-        return Err(format!("{f}: not a field of a {} attack", r.kind));
+        return Err(format!("{f}: not a field of kind {}", r.kind));
     }
     let seed = r.seed.unwrap_or(suite_seed);
     let positive = |name: &str, v: usize| {

@@ -154,6 +154,31 @@ pub struct Provenance {
 /// sha256 of a model's weights: the file for a GGUF, `config.json` and the safetensors
 /// shards in name order for a Hugging Face directory.
 pub fn model_fingerprint(model: &LoadedModel) -> Result<String, ArtifactError> {
+    // A run asks once per fit and attack; the weights are hundreds of MB, so the hash is
+    // kept per path for as long as the path's size and modification time stay the same.
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Seen = HashMap<PathBuf, (u64, Option<std::time::SystemTime>, String)>;
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+    let stamp = std::fs::metadata(&model.path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()));
+    let seen = SEEN.get_or_init(|| Mutex::new(HashMap::new()));
+    if let (Some((len, mtime)), Ok(map)) = (stamp, seen.lock()) {
+        if let Some((l, t, hash)) = map.get(&model.path) {
+            if *l == len && *t == mtime && model.path.is_file() {
+                return Ok(hash.clone());
+            }
+        }
+    }
+    let hash = hash_model_files(model)?;
+    if let (Some((len, mtime)), Ok(mut map)) = (stamp, seen.lock()) {
+        map.insert(model.path.clone(), (len, mtime, hash.clone()));
+    }
+    Ok(hash)
+}
+
+fn hash_model_files(model: &LoadedModel) -> Result<String, ArtifactError> {
     let mut h = Sha256::new();
     let files: Vec<PathBuf> = if model.path.is_dir() {
         let mut v: Vec<PathBuf> = std::fs::read_dir(&model.path)
