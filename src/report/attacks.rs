@@ -93,7 +93,10 @@ pub(crate) fn view(run: &Run) -> Option<AttackView> {
                 fmt(f["nll_before"].as_f64()),
                 fmt(f["nll_after"].as_f64())
             ),
-            seconds: fmt(f["seconds"].as_f64()).replace(".000", ""),
+            seconds: f["seconds"]
+                .as_f64()
+                .map(|x| format!("{x:.0}"))
+                .unwrap_or_else(|| "—".into()),
             text: f["text"].as_str().unwrap_or("").to_string(),
         })
         .collect();
