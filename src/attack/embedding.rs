@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -21,7 +20,7 @@ use crate::intervene::Intervention;
 use crate::model::hooks::{Edit, EditCtx};
 use crate::model::{HookPoint, Hooks, LoadedModel, Writer};
 
-use super::targets::{mean_nll, Encoded, Target};
+use super::targets::{mean_nll, Batches, Encoded, Target};
 use super::AttackError;
 
 /// Replaces the input embeddings at positions `start..start + k` with `embeds` (`[k, d]`)
@@ -206,20 +205,10 @@ pub fn fit_embedding_attack(
         },
     )?;
     let began = Instant::now();
-    let mut order = all.clone();
-    order.shuffle(&mut rng);
-    let mut at = 0usize;
+    let mut batches = Batches::new(all.len(), &mut rng);
     let mut curve = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
-        let mut batch = Vec::with_capacity(cfg.batch);
-        for _ in 0..cfg.batch.min(order.len()) {
-            if at == order.len() {
-                order.shuffle(&mut rng);
-                at = 0;
-            }
-            batch.push(order[at]);
-            at += 1;
-        }
+        let batch = batches.next(cfg.batch, &mut rng);
         let loss = nll(soft.as_tensor(), &batch)?;
         opt.backward_step(&loss)?;
         let lv = loss.to_scalar::<f32>()? as f64;

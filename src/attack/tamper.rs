@@ -15,14 +15,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::intervene::{Intervention, LoraEdit};
 use crate::model::{HookPoint, Hooks, LoadedModel};
 
-use super::targets::{mean_nll, Encoded, Target};
+use super::targets::{mean_nll, Batches, Encoded, Target};
 use super::AttackError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,19 +220,13 @@ pub fn fit_tamper(
                 ..Default::default()
             },
         )?;
-        let mut order: Vec<usize> = (0..examples.len()).collect();
-        order.shuffle(&mut rng);
-        let mut at = 0usize;
+        let mut batches = Batches::new(examples.len(), &mut rng);
         for step in 0..cfg.steps {
-            let mut batch = Vec::with_capacity(cfg.batch);
-            for _ in 0..cfg.batch.min(order.len()) {
-                if at == order.len() {
-                    order.shuffle(&mut rng);
-                    at = 0;
-                }
-                batch.push(examples[order[at]].clone());
-                at += 1;
-            }
+            let batch: Vec<Encoded> = batches
+                .next(cfg.batch, &mut rng)
+                .into_iter()
+                .map(|i| examples[i].clone())
+                .collect();
             let (iv, ad) = build(false)?;
             let loss = mean_nll(model, &hooks_of(&iv, &ad), &batch)?;
             let lv = loss.to_scalar::<f32>()? as f64;

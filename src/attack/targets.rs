@@ -3,6 +3,8 @@
 //! they all measure the same negative log-likelihood.
 
 use candle_core::{DType, Tensor, D};
+use rand::seq::SliceRandom;
+use rand::Rng;
 
 use crate::model::{Hooks, LoadedModel};
 
@@ -140,4 +142,33 @@ pub fn mean_nll(
     }
     let total = total.ok_or_else(|| AttackError::Invalid("no examples".into()))?;
     Ok((total / n.max(1) as f64)?)
+}
+
+/// Minibatches of example indices: a seeded shuffle, drawn in order, reshuffled when
+/// used up (so each epoch sees every example once).
+pub struct Batches {
+    order: Vec<usize>,
+    at: usize,
+}
+
+impl Batches {
+    pub fn new(n: usize, rng: &mut impl Rng) -> Self {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(rng);
+        Batches { order, at: 0 }
+    }
+
+    /// The next `size` indices (at most the number of examples).
+    pub fn next(&mut self, size: usize, rng: &mut impl Rng) -> Vec<usize> {
+        let mut batch = Vec::with_capacity(size);
+        for _ in 0..size.min(self.order.len()) {
+            if self.at == self.order.len() {
+                self.order.shuffle(rng);
+                self.at = 0;
+            }
+            batch.push(self.order[self.at]);
+            self.at += 1;
+        }
+        batch
+    }
 }
