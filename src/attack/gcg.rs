@@ -165,10 +165,7 @@ pub fn fit_gcg(
             .collect();
         Ok(mean_nll(model, &hooks, &ex)?.to_scalar::<f32>()? as f64)
     };
-    let nll_before = {
-        let plain: Vec<Encoded> = examples.clone();
-        mean_nll(model, &hooks, &plain)?.to_scalar::<f32>()? as f64
-    };
+    let nll_before = mean_nll(model, &hooks, &examples)?.to_scalar::<f32>()? as f64;
     let mut current = loss_of(&tokens)?;
     let nll_start = current;
     let (mut best, mut best_loss) = (tokens.clone(), current);
@@ -183,7 +180,12 @@ pub fn fit_gcg(
     let mask = Tensor::new(mask.as_slice(), model.device())?;
     let emb_f32 =
         (emb.to_dtype(DType::F32)? * model.model.embed_scale())?.to_device(model.device())?;
+    // The targets with room for the attack, for the gradient pass (the same every step).
     let placeholders = vec![PLACEHOLDER; cfg.positions];
+    let with_room: Vec<Encoded> = examples
+        .iter()
+        .map(|e| e.with_inserted(start, &placeholders))
+        .collect();
 
     let mut curve = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
@@ -194,11 +196,7 @@ pub fn fit_gcg(
             embeds: soft.as_tensor().clone(),
             start,
         };
-        let ex: Vec<Encoded> = examples
-            .iter()
-            .map(|e| e.with_inserted(start, &placeholders))
-            .collect();
-        let loss = mean_nll(model, &prefix.with(&hooks), &ex)?;
+        let loss = mean_nll(model, &prefix.with(&hooks), &with_room)?;
         let grads = loss.backward()?;
         let g = grads
             .get(soft.as_tensor())

@@ -82,9 +82,7 @@ pub struct TamperFit {
 
 impl TamperFit {
     pub fn hooks(&self) -> Hooks {
-        let mut h = self.intervention.hooks();
-        self.adapters.add_to(&mut h);
-        h
+        tampered_hooks(&self.intervention, &self.adapters)
     }
 
     /// Tensors to cache: the intervention's as `iv.<name>`, the adapters' as
@@ -121,6 +119,14 @@ impl TamperFit {
             .map_err(AttackError::Invalid)?;
         Ok((iv, adapters))
     }
+}
+
+/// The hooks of a tampered model: the intervention as the attacker left it, then the
+/// attacker's adapters.
+pub fn tampered_hooks(intervention: &Intervention, adapters: &Intervention) -> Hooks {
+    let mut h = intervention.hooks();
+    adapters.add_to(&mut h);
+    h
 }
 
 /// The attacker's adapters before training: LoRA on each layer's MLP down projection
@@ -203,11 +209,6 @@ pub fn fit_tamper(
             .map_err(AttackError::Invalid)?;
         Ok((iv, ad))
     };
-    let hooks_of = |iv: &Intervention, ad: &Intervention| {
-        let mut h = iv.hooks();
-        ad.add_to(&mut h);
-        h
-    };
     let nll_before = mean_nll(model, &defence.hooks(), &examples)?.to_scalar::<f32>()? as f64;
     let all: Vec<Var> = iv_vars.values().chain(ad_vars.values()).cloned().collect();
     let mut curve = Vec::with_capacity(cfg.steps);
@@ -228,7 +229,7 @@ pub fn fit_tamper(
                 .map(|i| examples[i].clone())
                 .collect();
             let (iv, ad) = build(false)?;
-            let loss = mean_nll(model, &hooks_of(&iv, &ad), &batch)?;
+            let loss = mean_nll(model, &tampered_hooks(&iv, &ad), &batch)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
                 return Err(AttackError::Invalid(format!(
@@ -241,8 +242,8 @@ pub fn fit_tamper(
         }
     }
     let (intervention, adapters) = build(true)?;
-    let nll_after =
-        mean_nll(model, &hooks_of(&intervention, &adapters), &examples)?.to_scalar::<f32>()? as f64;
+    let nll_after = mean_nll(model, &tampered_hooks(&intervention, &adapters), &examples)?
+        .to_scalar::<f32>()? as f64;
     Ok(TamperFit {
         intervention,
         adapters,

@@ -577,7 +577,6 @@ fn fit_attack(
     };
     let dev = model.device();
     let on_device = |t: &candle_core::Tensor| t.to_device(dev).map_err(|x| fail(x.to_string()));
-    let mut base = defence.hooks();
     let attacked = match &spec.config {
         AttackConfig::Embedding(_) => {
             let embeds = tensors
@@ -588,7 +587,7 @@ fn fit_attack(
                 start: attack::SoftPrefix::start_for(model),
             };
             Attacked {
-                hooks: prefix.with(&base),
+                hooks: prefix.with(&defence.hooks()),
                 prefix: Some(prefix),
                 summary,
             }
@@ -601,7 +600,7 @@ fn fit_attack(
                 .map_err(|x| fail(x.to_string()))?;
             let prefix = attack::token_prefix(model, &ids).map_err(e)?;
             Attacked {
-                hooks: prefix.with(&base),
+                hooks: prefix.with(&defence.hooks()),
                 prefix: Some(prefix),
                 summary,
             }
@@ -613,10 +612,8 @@ fn fit_attack(
             }
             let (iv, adapters) =
                 attack::TamperFit::from_tensors(model, defence, cfg, &on).map_err(e)?;
-            base = iv.hooks();
-            adapters.add_to(&mut base);
             Attacked {
-                hooks: base,
+                hooks: attack::tampered_hooks(&iv, &adapters),
                 prefix: None,
                 summary,
             }

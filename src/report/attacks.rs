@@ -105,15 +105,12 @@ pub(crate) fn view(run: &Run) -> Option<AttackView> {
     // max_toxicity per prompt).
     let mut outcomes = Vec::new();
     let mut tamper: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
-    let mut tasks: Vec<String> = run
+    let tasks: std::collections::BTreeSet<String> = run
         .items
         .iter()
         .filter(|i| i.metric == "max_toxicity")
         .map(|i| i.task.clone())
         .collect();
-    tasks.dedup();
-    tasks.sort();
-    tasks.dedup();
     for task in &tasks {
         for (case, f) in &fits {
             let (iv, Some(attack)) = split_case(case) else {
