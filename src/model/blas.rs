@@ -166,6 +166,48 @@ fn better_core(chosen: &str) -> Option<&'static str> {
     None
 }
 
+/// Whether BLAS runs here (asked for, and the machine has it).
+pub(crate) fn available() -> bool {
+    requested() && blas().is_some()
+}
+
+/// Row-major, single-threaded `c = alpha · a · op(b)` for `a` `[m, k]` (row stride
+/// `lda`), `op(b)` `[k, n]` (`b` is `[n, k]` with `trans_b`, else `[k, n]`; row stride
+/// `ldb`) and `c` `[m, n]` (row stride `ldc`), overwritten. For products small enough
+/// that the caller parallelises over many of them (attention heads).
+///
+/// # Safety
+/// The pointers must address matrices of those shapes and strides, `c` must not
+/// overlap `a` or `b` or be written by another thread meanwhile, and
+/// [`available`] must have returned true.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    trans_b: bool,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    (c, ldc): (*mut f32, usize),
+) {
+    let blas = blas().expect("gemm is called only where BLAS is available");
+    (blas.sgemm)(
+        ROW_MAJOR,
+        NO_TRANS,
+        if trans_b { TRANS } else { NO_TRANS },
+        m as i32,
+        n as i32,
+        k as i32,
+        alpha,
+        a,
+        lda as i32,
+        b,
+        ldb as i32,
+        0.0,
+        c,
+        ldc as i32,
+    );
+}
+
 /// `x · wᵀ` for `x` `[m, k]` and `w` `[n, k]` through BLAS, or `None` when candle's
 /// matmul should run (not f32 on the CPU, a non-contiguous operand, a small product, or
 /// no BLAS on this machine).
@@ -244,7 +286,9 @@ impl CustomOp2 for LinearOp {
         let (n, _) = l2.shape().dims2()?;
         let (x, w) = (&x[xo..xe], &w[wo..we]);
         let blas = blas().ok_or_else(|| candle_core::Error::Msg("BLAS went away".into()))?;
-        let mut out = vec![0f32; m * n];
+        // Not zeroed: with beta = 0 BLAS writes every element without reading it, and
+        // zeroing a `[positions, vocab]` output first was a serial pass over it.
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
         // Output columns (weight rows) split into one block per thread: each thread packs
         // only its share of the weight, and blocks write disjoint columns of `out`.
         let threads = rayon::current_num_threads().max(1);
@@ -300,6 +344,8 @@ impl CustomOp2 for LinearOp {
             use rayon::prelude::*;
             starts.into_par_iter().for_each(run);
         }
+        // SAFETY: the blocks above wrote all m·n elements.
+        unsafe { out.set_len(m * n) };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

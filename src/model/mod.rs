@@ -15,6 +15,7 @@ pub mod hf;
 pub mod hooks;
 pub mod llama;
 pub mod loaded;
+pub mod softmax;
 pub mod ops;
 pub mod source;
 pub mod tokenizer;
@@ -430,6 +431,35 @@ pub trait Transformer: Send + Sync {
 
     /// Final norm and unembedding of a residual-stream tensor `[.., d]` → `[.., vocab]`.
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError>;
+
+    /// Logits `[rows.len(), vocab]` at `rows`, indices into the flattened `[b·t]`
+    /// positions of `ids` (continuing `kv` as [`Transformer::forward_at`] does). Scoring
+    /// reads only the continuation positions of a padded batch, and unembedding the rest
+    /// (`vocab` columns each, a fifth of SmolLM2's work per position) would be wasted.
+    fn forward_rows(
+        &self,
+        ids: &Tensor,
+        kv: Option<&mut KvCache>,
+        hooks: &Hooks,
+        rows: &[u32],
+    ) -> Result<Tensor, ModelError> {
+        let (b, t) = ids.dims2()?;
+        let last = HookPoint::ResidPost(self.info().n_layers.saturating_sub(1));
+        let probe = hooks.clone().read(last);
+        let out = self.forward_at(ids, kv, &probe, LogitsAt::Skip)?;
+        let resid = out
+            .cache
+            .get(last)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{last} was not cached")))?;
+        let index = Tensor::new(rows, resid.device())?;
+        let picked = resid
+            .reshape((b * t, ()))?
+            .index_select(&index, 0)?
+            .unsqueeze(0)?;
+        let logits = self.unembed(&picked)?;
+        check_finite(&logits)?;
+        Ok(logits.squeeze(0)?)
+    }
 
     /// The token embedding matrix `[vocab, d]` (its spread sets causal tracing's noise).
     fn token_embeddings(&self) -> &Tensor;

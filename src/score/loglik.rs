@@ -11,9 +11,9 @@
 //! - the input is `(context + continuation)[-(max_len + 1):][:-1]`, and the score is the
 //!   summed log-probability of the continuation tokens plus whether each was the argmax.
 
-use candle_core::{DType, IndexOp, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
-use crate::model::generate::{forward_batch, pad_right};
+use crate::model::generate::pad_right;
 use crate::model::{Hooks, KvCache, LoadedModel, LogitsAt, ModelError, Positions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +132,8 @@ pub fn loglikelihood_tokens(
             .map(|p| p.continuation.len())
             .max()
             .unwrap_or(0);
-        if j - i > 1 && pairs[i].context.len() + longest <= max_len {
+        // A context of one token (a rolling window's prefix) leaves nothing to share.
+        if j - i > 1 && pairs[i].context.len() > 1 && pairs[i].context.len() + longest <= max_len {
             shared.push(i..j);
         } else {
             plain.extend(i..j);
@@ -168,6 +169,8 @@ pub fn loglikelihood_tokens(
             }
         }
     }
+    // Longest first, as the harness orders them, so that a batch's rows pad little.
+    plain.sort_by_key(|&k| std::cmp::Reverse(pairs[k].context.len() + pairs[k].continuation.len()));
     for chunk in plain.chunks(batch_size.max(1)) {
         let group: Vec<&EncodedPair> = chunk.iter().map(|&k| &pairs[k]).collect();
         for (&k, r) in chunk.iter().zip(score_batch(model, &group, hooks)?) {
@@ -225,15 +228,30 @@ fn score_shared_contexts(
                 .collect()
         })
         .collect();
-    // Right padding: under the causal mask no real position sees it.
+    // Right padding: under the causal mask no real position sees it, and it gets no
+    // logits.
     let ids = pad_right(&seqs, pad, m.device())?;
-    let logits = m.forward(&ids, Some(&mut kv), hooks)?.logits;
-    chosen
+    let width = ids.dim(1)?;
+    let rows: Vec<u32> = chosen
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let rows = logits.i(i)?.narrow(0, 0, p.continuation.len())?;
-            score_rows(&rows, &p.continuation)
+        .flat_map(|(i, p)| (i * width..i * width + p.continuation.len()).map(|r| r as u32))
+        .collect();
+    let logits = m.forward_rows(&ids, Some(&mut kv), hooks, &rows)?;
+    score_consecutive(&logits, chosen.iter().map(|p| p.continuation.as_slice()))
+}
+
+/// Scores of continuations whose logits are consecutive runs of `logits`' rows.
+fn score_consecutive<'a>(
+    logits: &Tensor,
+    conts: impl Iterator<Item = &'a [u32]>,
+) -> Result<Vec<LoglikResponse>, ModelError> {
+    let mut first = 0;
+    conts
+        .map(|cont| {
+            let rows = logits.narrow(0, first, cont.len())?;
+            first += cont.len();
+            score_rows(&rows, cont)
         })
         .collect()
 }
@@ -259,44 +277,76 @@ fn score_batch(
         inputs.push(whole);
         conts.push(&p.continuation[p.continuation.len() - n_cont..]);
     }
-    let batch = forward_batch(model.model.as_ref(), &inputs, pad, hooks)?;
-    conts
+    // Logits only where a continuation token is predicted: positions len-n .. len of
+    // each row, in row order.
+    let m = model.model.as_ref();
+    let ids = pad_right(&inputs, pad, m.device())?;
+    let width = ids.dim(1)?;
+    let rows: Vec<u32> = inputs
         .iter()
+        .zip(&conts)
         .enumerate()
-        .map(|(i, cont)| {
-            let len = batch.lens[i];
-            // Logits at positions len-n .. len predict the n continuation tokens.
-            let rows = batch.logits.i(i)?.narrow(0, len - cont.len(), cont.len())?;
-            score_rows(&rows, cont)
+        .flat_map(|(i, (whole, cont))| {
+            let start = i * width + whole.len() - cont.len();
+            (start..start + cont.len()).map(|r| r as u32)
         })
-        .collect()
+        .collect();
+    let logits = m.forward_rows(&ids, None, hooks, &rows)?;
+    score_consecutive(&logits, conts.into_iter())
 }
 
 /// Summed log-probability of `cont` under `rows` `[n, vocab]`, and whether each token
-/// was the argmax. One pass per row for the maximum and one for the normaliser, rows in
-/// parallel: a full `log_softmax` would write and reread `n × vocab` values to use `n`.
+/// was the argmax (the first maximum, as an argmax picks). One pass per row for the
+/// maximum and one for the normaliser, rows in parallel: a full `log_softmax` would
+/// write and reread `n × vocab` values to use `n`.
 fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<LoglikResponse, ModelError> {
     use rayon::prelude::*;
     let vocab = rows.dim(D::Minus1)?;
-    let flat = rows.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let rows = rows.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = rows.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        drop(storage);
+        return score_rows_copied(&rows, vocab, cont);
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("contiguous rows without offsets".into()))?;
+    let flat = &cpu.as_slice::<f32>()?[start..end];
     let per_row: Vec<(f64, bool)> = flat
         .par_chunks(vocab)
         .zip(cont.par_iter())
-        .map(|(row, &target)| {
-            let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
-            for (j, &x) in row.iter().enumerate() {
-                if x > max {
-                    (best, max) = (j, x);
-                }
-            }
-            let z: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-            let lp = (row[target as usize] - max) as f64 - z.ln();
-            (lp, best == target as usize)
-        })
+        .map(|(row, &target)| score_row(row, target as usize))
         .collect();
     Ok(LoglikResponse {
         logprob: per_row.iter().map(|(lp, _)| lp).sum(),
         is_greedy: per_row.iter().all(|(_, g)| *g),
         n_tokens: cont.len(),
     })
+}
+
+/// [`score_rows`] for logits off the CPU: copied to host memory first.
+fn score_rows_copied(
+    rows: &Tensor,
+    vocab: usize,
+    cont: &[u32],
+) -> Result<LoglikResponse, ModelError> {
+    let flat = rows.flatten_all()?.to_vec1::<f32>()?;
+    let per_row: Vec<(f64, bool)> = flat
+        .chunks(vocab)
+        .zip(cont)
+        .map(|(row, &target)| score_row(row, target as usize))
+        .collect();
+    Ok(LoglikResponse {
+        logprob: per_row.iter().map(|(lp, _)| lp).sum(),
+        is_greedy: per_row.iter().all(|(_, g)| *g),
+        n_tokens: cont.len(),
+    })
+}
+
+/// Log-probability of `target` under one row of logits, and whether it is the argmax.
+fn score_row(row: &[f32], target: usize) -> (f64, bool) {
+    let (max, lse) = crate::model::softmax::max_logsumexp(row);
+    let x = row[target];
+    let greedy = x == max && !row[..target].contains(&max);
+    ((x - max) as f64 - lse, greedy)
 }

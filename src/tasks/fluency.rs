@@ -312,9 +312,10 @@ impl FluencyTask {
             });
         }
         let mut items = Vec::with_capacity(self.texts.len());
-        let chunk = cx.batch_size.max(1);
+        // All windows of a chunk of texts go through one batched call, which orders
+        // them longest first: chunks of many batches let neighbours pad little.
+        let chunk = cx.batch_size.max(1) * 16;
         for part in self.texts.chunks(chunk) {
-            // All windows of a chunk of texts go through one batched call.
             let mut pairs = Vec::new();
             let mut owner = Vec::new();
             let mut n_tokens = Vec::new();
