@@ -372,6 +372,10 @@ impl Hooks {
     pub fn readers(&self) -> impl Iterator<Item = &HookPoint> {
         self.readers.iter()
     }
+    /// Whether any reader or writer is at `p` (a model may then not skip forming it).
+    pub fn touches(&self, p: HookPoint) -> bool {
+        self.readers.contains(&p) || self.writers.iter().any(|w| w.point == p)
+    }
 
     /// Check every hook against the model's shape, so a bad layer index is an error
     /// before any compute rather than a hook that silently never fires.

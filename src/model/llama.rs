@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::hooks::{ActivationCache, HookPoint, Hooks};
+use super::attention;
 use super::ops::{self, Rope};
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
@@ -234,25 +235,34 @@ impl Llama {
             Some(pos) => self.rope.apply_rows(&x, pos),
             None => self.rope.apply(&x, offset),
         };
-        // [b, heads, t, dh]
-        let q = rope(q.transpose(1, 2)?.contiguous()?)?;
+        let fused = attention::applies(&[&q, &k, &v]) && !hooks.touches(HookPoint::AttnPattern(layer));
+        // [b, heads, t, dh]; the fused form takes q in its own [b, t, heads, dh].
+        let q = if fused {
+            self.rope.apply_thd(&q, offset, rows.as_deref())?
+        } else {
+            rope(q.transpose(1, 2)?.contiguous()?)?
+        };
         let k = rope(k.transpose(1, 2)?.contiguous()?)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match kv {
             Some(kv) => kv.append(layer, k, v)?,
             None => (k, v),
         };
-        let rep = c.n_heads / c.n_kv_heads;
-        let k = ops::repeat_kv(&k, rep)?.contiguous()?;
-        let v = ops::repeat_kv(&v, rep)?.contiguous()?;
         let scale = 1.0 / (c.d_head as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?; // [b, h, t, t_total]
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let pattern = ops::softmax_last_dim(&scores)?;
-        let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
-        let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, t, h, dh]
+        let z = if fused {
+            attention::attend(&q, &k, &v, mask, scale)? // [b, t, h, dh]
+        } else {
+            let rep = c.n_heads / c.n_kv_heads;
+            let k = ops::repeat_kv(&k, rep)?.contiguous()?;
+            let v = ops::repeat_kv(&v, rep)?.contiguous()?;
+            let mut scores = (q.matmul(&k.t()?)? * scale)?; // [b, h, t, t_total]
+            if let Some(mask) = mask {
+                scores = scores.broadcast_add(mask)?;
+            }
+            let pattern = ops::softmax_last_dim(&scores)?;
+            let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
+            pattern.matmul(&v)?.transpose(1, 2)? // [b, t, h, dh]
+        };
         let z = hooks.apply(HookPoint::AttnZ(layer), z, offset, cache)?;
         let z = z.reshape((b, t, c.n_heads * c.d_head))?;
         ops::linear(&z, &a.o, None)

@@ -4,6 +4,7 @@
 //! takes a set of [`Hooks`] (readers cache activations, writers edit them) and an optional
 //! KV cache, and returns logits at every position.
 
+pub mod attention;
 pub mod blas;
 pub mod chat;
 pub mod error;

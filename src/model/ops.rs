@@ -115,6 +115,24 @@ impl Rope {
         }
     }
 
+    /// Rotate `x` `[b, t, heads, dh]` (the projections' own layout, so no transpose is
+    /// copied) at positions from `offset`, or per row at `rows` (`b·t` of them, as in
+    /// [`Rope::apply_rows`]). Forward only: for the fused attention, which never runs
+    /// under autograd.
+    pub fn apply_thd(&self, x: &Tensor, offset: usize, rows: Option<&[u32]>) -> Result<Tensor> {
+        let (b, t, _, dh) = x.dims4()?;
+        let (cos, sin) = match rows {
+            Some(pos) => {
+                let idx = Tensor::new(pos, x.device())?;
+                let table = |m: &Tensor| m.index_select(&idx, 0)?.reshape((b, t, dh / 2));
+                (table(&self.cos)?, table(&self.sin)?)
+            }
+            None => (self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?),
+        };
+        let prep = |m: Tensor| m.to_dtype(x.dtype())?.contiguous();
+        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &prep(cos)?, &prep(sin)?)
+    }
+
     /// Rotate `x` `[b, heads, t, dh]` whose first position is `offset`.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let t = x.dim(2)?;
@@ -262,6 +280,14 @@ pub(crate) mod tests {
         let c = rope.apply(qv.as_tensor(), 7).unwrap();
         assert!(c.track_op());
         assert!(max_diff(&a, &c) < 1e-5);
+        // The [b, t, heads, dh] form rotates the same, at an offset and per row.
+        let thd = |x: &Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap();
+        let d = rope.apply_thd(&thd(&q), 7, None).unwrap();
+        assert!(max_diff(&thd(&a), &d) < 1e-6);
+        let pos: Vec<u32> = (0..2 * 5).map(|i| (i * 3 % 17) as u32).collect();
+        let a = rope.apply_rows(&q, &pos).unwrap();
+        let d = rope.apply_thd(&thd(&q), 0, Some(&pos)).unwrap();
+        assert!(max_diff(&thd(&a), &d) < 1e-6);
         let a = softmax_last_dim(&q).unwrap();
         let c = softmax_last_dim(qv.as_tensor()).unwrap();
         assert!(c.track_op());

@@ -1,0 +1,183 @@
+//! Scaled dot-product attention on the CPU without autograd, one task per (row, head).
+//!
+//! The composed form (repeat the key/value heads, `q·kᵀ` as one batched matmul, add the
+//! mask, softmax, `·v`, transpose back) copies every operand at least once and runs the
+//! per-head products one after another inside candle's matmul. Here each (batch row,
+//! query head) is a rayon task: two single-threaded BLAS products that read the query
+//! rows and the shared key/value head in place and write the head's output straight
+//! into its columns of `[b, t, heads, dh]`, with the mask added and the softmax taken in
+//! between on a scratch buffer. Used only where nothing needs the pattern itself (no
+//! hook at `attn.hook_pattern`) and no gradient flows; both forms compute the same
+//! function (tested below).
+
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::blas;
+use super::softmax::softmax_in_place;
+
+/// Whether [`attend`] runs for these operands: f32 on the CPU, outside autograd, with
+/// BLAS present.
+pub fn applies(ts: &[&Tensor]) -> bool {
+    blas::available()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+}
+
+/// The output buffer, shared by tasks that write disjoint columns of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only the columns of its own (row, head) pair.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the output buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// The elements of a contiguous f32 CPU tensor, borrowed from its storage.
+fn elements<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    let (Storage::Cpu(CpuStorage::F32(all)), Some((start, end))) =
+        (storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("attention: operands must be contiguous f32 on the CPU");
+    };
+    Ok(&all[start..end])
+}
+
+/// `softmax(scale · q·kᵀ + mask) · v` for `q` `[b, t, heads, dh]`, `k`, `v`
+/// `[b, kv_heads, total, dh]` (each key/value head serving `heads / kv_heads`
+/// consecutive query heads) and an additive `mask` `[t, total]` or `[b, 1, t, total]`.
+/// Returns `[b, t, heads, dh]`. Call only where [`applies`] holds.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let (b, t, h, dh) = q.dims4()?;
+    let (kb, kvh, total, kdh) = k.dims4()?;
+    if kb != b || kdh != dh || v.dims4()? != (b, kvh, total, dh) || kvh == 0 || h % kvh != 0 {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit together",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+    }
+    let per_row_mask = match mask.map(|m| m.dims()) {
+        None => false,
+        Some([mt, mtot]) if (*mt, *mtot) == (t, total) => false,
+        Some([mb, 1, mt, mtot]) if (*mb, *mt, *mtot) == (b, t, total) => true,
+        Some(_) => candle_core::bail!(
+            "attention: mask {:?} for {b} rows of {t} queries over {total} keys",
+            mask.map(|m| m.shape().clone())
+        ),
+    };
+    let mask = mask.map(|m| m.to_dtype(DType::F32)?.contiguous()).transpose()?;
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (qg, ql) = q.storage_and_layout();
+    let (kg, kl) = k.storage_and_layout();
+    let (vg, vl) = v.storage_and_layout();
+    let (qs, ks, vs) = (elements(&qg, ql)?, elements(&kg, kl)?, elements(&vg, vl)?);
+    let mask_guard = mask.as_ref().map(|m| m.storage_and_layout());
+    let ms = match &mask_guard {
+        Some((g, l)) => Some(elements(g, l)?),
+        None => None,
+    };
+    let rep = h / kvh;
+    let mut out: Vec<f32> = Vec::with_capacity(b * t * h * dh);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let scale = scale as f32;
+    (0..b * h).into_par_iter().for_each_init(
+        || vec![0f32; t * total],
+        |scores, bh| {
+            let (row, head) = (bh / h, bh % h);
+            let kv = ((row * kvh) + head / rep) * total * dh;
+            let q0 = (row * t * h + head) * dh;
+            // SAFETY: q is [b, t, h, dh] (row stride h·dh from q0), k and v are
+            // [b, kvh, total, dh] (this head's block from kv), scores is t×total, and
+            // this task alone writes out's columns head·dh.. of row `row`'s t positions.
+            unsafe {
+                blas::gemm(
+                    true,
+                    (t, total, dh),
+                    scale,
+                    (qs.as_ptr().add(q0), h * dh),
+                    (ks.as_ptr().add(kv), dh),
+                    (scores.as_mut_ptr(), total),
+                );
+            }
+            for (i, s) in scores.chunks_exact_mut(total).enumerate() {
+                if let Some(m) = ms {
+                    let m0 = if per_row_mask { (row * t + i) * total } else { i * total };
+                    for (x, &a) in s.iter_mut().zip(&m[m0..m0 + total]) {
+                        *x += a;
+                    }
+                }
+                softmax_in_place(s);
+            }
+            // SAFETY: as above; v's head block is total×dh.
+            unsafe {
+                blas::gemm(
+                    false,
+                    (t, dh, total),
+                    1.0,
+                    (scores.as_ptr(), total),
+                    (vs.as_ptr().add(kv), dh),
+                    (out_ptr.at(q0), h * dh),
+                );
+            }
+        },
+    );
+    // SAFETY: the b·h tasks wrote every (row, position, head) block of dh elements.
+    unsafe { out.set_len(b * t * h * dh) };
+    let dev = q.device().clone();
+    drop((qg, kg, vg, mask_guard));
+    Tensor::from_vec(out, (b, t, h, dh), &dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ops::{self, tests::max_diff};
+    use candle_core::Device;
+
+    /// The composed form, as the models run it when a hook needs the pattern.
+    fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
+        let rep = q.dim(2).unwrap() / k.dim(1).unwrap();
+        let q = q.transpose(1, 2).unwrap().contiguous().unwrap();
+        let k = ops::repeat_kv(k, rep).unwrap().contiguous().unwrap();
+        let v = ops::repeat_kv(v, rep).unwrap().contiguous().unwrap();
+        let mut s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        if let Some(m) = mask {
+            s = s.broadcast_add(m).unwrap();
+        }
+        let p = ops::softmax_last_dim(&s).unwrap();
+        p.matmul(&v).unwrap().transpose(1, 2).unwrap()
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composed_form() {
+        let dev = Device::Cpu;
+        let (b, t, h, kvh, dh, offset) = (3, 5, 6, 2, 8, 4);
+        let total = offset + t;
+        let q = Tensor::randn(0f32, 1.0, (b, t, h, dh), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, kvh, total, dh), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, kvh, total, dh), &dev).unwrap();
+        if !applies(&[&q, &k, &v]) {
+            eprintln!("no OpenBLAS on this machine: the composed form runs");
+            return;
+        }
+        let causal = ops::causal_mask(t, offset, DType::F32, &dev).unwrap();
+        let padded =
+            ops::padded_causal_mask(t, offset, &[0, 2, 5], Some(6), DType::F32, &dev).unwrap();
+        for mask in [None, Some(&causal), Some(&padded)] {
+            let got = attend(&q, &k, &v, mask, 0.3).unwrap();
+            let want = composed(&q, &k, &v, mask, 0.3);
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        }
+        let bad = Tensor::zeros((t, total + 1), DType::F32, &dev).unwrap();
+        assert!(attend(&q, &k, &v, Some(&bad), 0.3).is_err());
+    }
+}
