@@ -286,7 +286,9 @@ fn check_writer_gradient(m: &dyn Transformer, ids: &[u32], point: HookPoint, uni
     };
     // A fixed vector, not a random draw: the finite difference's error depends on where
     // it is taken, and a test must give the same verdict on every run.
-    let v0: Vec<f64> = (0..d).map(|i| 0.5 * (i as f64 * 0.73 + 0.4).sin()).collect();
+    let v0: Vec<f64> = (0..d)
+        .map(|i| 0.5 * (i as f64 * 0.73 + 0.4).sin())
+        .collect();
     let v0 = Tensor::new(v0, &Device::Cpu).unwrap();
     let target = 3usize;
     let loss_of = |v: &Tensor| -> Tensor {

@@ -53,7 +53,13 @@ fn elements<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
 /// `[b, kv_heads, total, dh]` (each key/value head serving `heads / kv_heads`
 /// consecutive query heads) and an additive `mask` `[t, total]` or `[b, 1, t, total]`.
 /// Returns `[b, t, heads, dh]`. Call only where [`applies`] holds.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, t, h, dh) = q.dims4()?;
     let (kb, kvh, total, kdh) = k.dims4()?;
     if kb != b || kdh != dh || v.dims4()? != (b, kvh, total, dh) || kvh == 0 || h % kvh != 0 {
@@ -73,7 +79,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: 
             mask.map(|m| m.shape().clone())
         ),
     };
-    let mask = mask.map(|m| m.to_dtype(DType::F32)?.contiguous()).transpose()?;
+    let mask = mask
+        .map(|m| m.to_dtype(DType::F32)?.contiguous())
+        .transpose()?;
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let (qg, ql) = q.storage_and_layout();
     let (kg, kl) = k.storage_and_layout();
@@ -109,7 +117,11 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: 
             }
             for (i, s) in scores.chunks_exact_mut(total).enumerate() {
                 if let Some(m) = ms {
-                    let m0 = if per_row_mask { (row * t + i) * total } else { i * total };
+                    let m0 = if per_row_mask {
+                        (row * t + i) * total
+                    } else {
+                        i * total
+                    };
                     for (x, &a) in s.iter_mut().zip(&m[m0..m0 + total]) {
                         *x += a;
                     }

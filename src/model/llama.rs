@@ -10,8 +10,8 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::hooks::{ActivationCache, HookPoint, Hooks};
 use super::attention;
+use super::hooks::{ActivationCache, HookPoint, Hooks};
 use super::ops::{self, Rope};
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
@@ -235,7 +235,8 @@ impl Llama {
             Some(pos) => self.rope.apply_rows(&x, pos),
             None => self.rope.apply(&x, offset),
         };
-        let fused = attention::applies(&[&q, &k, &v]) && !hooks.touches(HookPoint::AttnPattern(layer));
+        let fused =
+            attention::applies(&[&q, &k, &v]) && !hooks.touches(HookPoint::AttnPattern(layer));
         // [b, heads, t, dh]; the fused form takes q in its own [b, t, heads, dh].
         let q = if fused {
             self.rope.apply_thd(&q, offset, rows.as_deref())?

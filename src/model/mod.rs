@@ -16,8 +16,8 @@ pub mod hf;
 pub mod hooks;
 pub mod llama;
 pub mod loaded;
-pub mod softmax;
 pub mod ops;
+pub mod softmax;
 pub mod source;
 pub mod tokenizer;
 

@@ -127,7 +127,10 @@ impl Rope {
                 let table = |m: &Tensor| m.index_select(&idx, 0)?.reshape((b, t, dh / 2));
                 (table(&self.cos)?, table(&self.sin)?)
             }
-            None => (self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?),
+            None => (
+                self.cos.narrow(0, offset, t)?,
+                self.sin.narrow(0, offset, t)?,
+            ),
         };
         let prep = |m: Tensor| m.to_dtype(x.dtype())?.contiguous();
         candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &prep(cos)?, &prep(sin)?)

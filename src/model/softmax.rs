@@ -88,7 +88,11 @@ fn max_logsumexp_body(row: &[f32]) -> (f32, f64) {
                 *a += exp_nonpositive(x - max);
             }
         }
-        let tail: f32 = chunks.remainder().iter().map(|&x| exp_nonpositive(x - max)).sum();
+        let tail: f32 = chunks
+            .remainder()
+            .iter()
+            .map(|&x| exp_nonpositive(x - max))
+            .sum();
         total += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
     }
     (max, total.ln())
@@ -166,7 +170,9 @@ mod tests {
     #[test]
     fn softmax_matches_the_f64_definition_and_zeroes_masked_entries() {
         for len in [300usize, 17, 1] {
-            let mut row: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32) * 0.3 - 12.0).collect();
+            let mut row: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32) * 0.3 - 12.0)
+                .collect();
             if len > 1 {
                 row[len / 2] = f32::NEG_INFINITY;
             }
@@ -188,13 +194,19 @@ mod tests {
         // A vocabulary-sized row with a spread like real logits, and a short odd one.
         let mut seed = 7u64;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) * 30.0 - 20.0
         };
         for len in [49_152usize, 37, 1] {
             let row: Vec<f32> = (0..len).map(|_| next()).collect();
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let want: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln();
+            let want: f64 = row
+                .iter()
+                .map(|&x| ((x - max) as f64).exp())
+                .sum::<f64>()
+                .ln();
             let (m, got) = max_logsumexp(&row);
             assert_eq!(m, max);
             assert!((got - want).abs() < 1e-6, "{len}: {got} vs {want}");
