@@ -42,24 +42,10 @@ unsafe fn softmax_avx2(row: &mut [f32]) {
 #[inline(always)]
 fn softmax_body(row: &mut [f32]) {
     let max = lane_max(row);
-    let mut sum = 0f64;
-    for block in row.chunks_mut(BLOCK) {
-        let mut acc = [0f32; LANES];
-        let mut chunks = block.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for (a, x) in acc.iter_mut().zip(c) {
-                *x = exp_nonpositive(*x - max);
-                *a += *x;
-            }
-        }
-        let mut tail = 0f32;
-        for x in chunks.into_remainder() {
-            *x = exp_nonpositive(*x - max);
-            tail += *x;
-        }
-        sum += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
+    for x in row.iter_mut() {
+        *x = exp_nonpositive(*x - max);
     }
-    let inv = (1.0 / sum) as f32;
+    let inv = (1.0 / blocked_sum(row, |x| x)) as f32;
     for x in row.iter_mut() {
         *x *= inv;
     }
@@ -79,23 +65,25 @@ const BLOCK: usize = 512;
 #[inline(always)]
 fn max_logsumexp_body(row: &[f32]) -> (f32, f64) {
     let max = lane_max(row);
+    (max, blocked_sum(row, |x| exp_nonpositive(x - max)).ln())
+}
+
+/// `Σ f(x)` over `row`, in f32 lanes of at most `BLOCK / LANES` terms each, added in f64.
+#[inline(always)]
+fn blocked_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut total = 0f64;
     for block in row.chunks(BLOCK) {
         let mut acc = [0f32; LANES];
         let mut chunks = block.chunks_exact(LANES);
         for c in &mut chunks {
             for (a, &x) in acc.iter_mut().zip(c) {
-                *a += exp_nonpositive(x - max);
+                *a += f(x);
             }
         }
-        let tail: f32 = chunks
-            .remainder()
-            .iter()
-            .map(|&x| exp_nonpositive(x - max))
-            .sum();
+        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
         total += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
     }
-    (max, total.ln())
+    total
 }
 
 /// The largest element, kept per lane so that the loop vectorises.
