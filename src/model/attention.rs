@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::blas;
+use super::blas::{self, OutPtr};
 use super::softmax::softmax_in_place;
 
 /// Whether [`attend`] runs for these operands: f32 on the CPU, outside autograd, with
@@ -23,20 +23,6 @@ pub fn applies(ts: &[&Tensor]) -> bool {
         && ts
             .iter()
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
-}
-
-/// The output buffer, shared by tasks that write disjoint columns of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only the columns of its own (row, head) pair.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the output buffer.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 /// The elements of a contiguous f32 CPU tensor, borrowed from its storage.

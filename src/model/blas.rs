@@ -247,19 +247,20 @@ fn linear_if_loaded(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 /// `x · wᵀ` as a candle op (forward only: see [`linear`]).
 struct LinearOp;
 
-/// The output buffer, shared by the threads that write its disjoint column blocks.
+/// An output buffer shared by threads that each write a disjoint part of it (column
+/// blocks here, attention heads in `attention.rs`).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every thread writes a different column block (see `LinearOp::cpu_fwd`).
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: every user gives each thread a part no other thread writes.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    /// The pointer to column `j` of row 0. A method, so closures capture the whole
-    /// (Send) wrapper rather than its raw-pointer field.
-    fn at(self, j: usize) -> *mut f32 {
-        // SAFETY: callers pass j < n, within the m×n buffer.
-        unsafe { self.0.add(j) }
+    /// The pointer `offset` elements in. A method, so closures capture the whole (Send)
+    /// wrapper rather than its raw-pointer field.
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets within the buffer.
+        unsafe { self.0.add(offset) }
     }
 }
 
