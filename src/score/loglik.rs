@@ -317,11 +317,7 @@ fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<LoglikResponse, ModelError>
         .zip(cont.par_iter())
         .map(|(row, &target)| score_row(row, target as usize))
         .collect();
-    Ok(LoglikResponse {
-        logprob: per_row.iter().map(|(lp, _)| lp).sum(),
-        is_greedy: per_row.iter().all(|(_, g)| *g),
-        n_tokens: cont.len(),
-    })
+    Ok(response(&per_row))
 }
 
 /// [`score_rows`] for logits off the CPU: copied to host memory first.
@@ -336,11 +332,16 @@ fn score_rows_copied(
         .zip(cont)
         .map(|(row, &target)| score_row(row, target as usize))
         .collect();
-    Ok(LoglikResponse {
+    Ok(response(&per_row))
+}
+
+/// A continuation's score from its tokens' (log-probability, is argmax).
+fn response(per_row: &[(f64, bool)]) -> LoglikResponse {
+    LoglikResponse {
         logprob: per_row.iter().map(|(lp, _)| lp).sum(),
         is_greedy: per_row.iter().all(|(_, g)| *g),
-        n_tokens: cont.len(),
-    })
+        n_tokens: per_row.len(),
+    }
 }
 
 /// Log-probability of `target` under one row of logits, and whether it is the argmax.
