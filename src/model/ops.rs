@@ -90,13 +90,7 @@ impl Rope {
     /// row): a left-padded batch, whose rows start at different offsets.
     pub fn apply_rows(&self, x: &Tensor, pos: &[u32]) -> Result<Tensor> {
         let (b, _, t, dh) = x.dims4()?;
-        let idx = Tensor::new(pos, x.device())?;
-        let table = |m: &Tensor| -> Result<Tensor> {
-            m.index_select(&idx, 0)?
-                .reshape((b, t, dh / 2))?
-                .to_dtype(x.dtype())
-        };
-        let (cos, sin) = (table(&self.cos)?, table(&self.sin)?);
+        let (cos, sin) = self.tables(x, b, t, 0, Some(pos))?;
         if composed(&[x]) {
             // rope_slow takes one table for the whole batch; this is it per row.
             let full = |m: &Tensor| Tensor::cat(&[m, m], D::Minus1)?.unsqueeze(1);
@@ -120,32 +114,41 @@ impl Rope {
     /// [`Rope::apply_rows`]). Forward only: for the fused attention, which never runs
     /// under autograd.
     pub fn apply_thd(&self, x: &Tensor, offset: usize, rows: Option<&[u32]>) -> Result<Tensor> {
-        let (b, t, _, dh) = x.dims4()?;
-        let (cos, sin) = match rows {
-            Some(pos) => {
-                let idx = Tensor::new(pos, x.device())?;
-                let table = |m: &Tensor| m.index_select(&idx, 0)?.reshape((b, t, dh / 2));
-                (table(&self.cos)?, table(&self.sin)?)
-            }
-            None => (
-                self.cos.narrow(0, offset, t)?,
-                self.sin.narrow(0, offset, t)?,
-            ),
-        };
-        let prep = |m: Tensor| m.to_dtype(x.dtype())?.contiguous();
-        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &prep(cos)?, &prep(sin)?)
+        let (b, t, _, _) = x.dims4()?;
+        let (cos, sin) = self.tables(x, b, t, offset, rows)?;
+        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &cos, &sin)
     }
 
     /// Rotate `x` `[b, heads, t, dh]` whose first position is `offset`.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let t = x.dim(2)?;
-        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
-        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let (b, _, t, _) = x.dims4()?;
+        let (cos, sin) = self.tables(x, b, t, offset, None)?;
         if composed(&[x]) {
             candle_nn::rotary_emb::rope_slow(x, &cos, &sin)
         } else {
-            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
+            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
         }
+    }
+
+    /// Contiguous cos and sin in `x`'s dtype for `t` positions from `offset` (`[t, dh/2]`),
+    /// or per row at `rows` (`b·t` positions → `[b, t, dh/2]`).
+    fn tables(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        offset: usize,
+        rows: Option<&[u32]>,
+    ) -> Result<(Tensor, Tensor)> {
+        let idx = rows.map(|pos| Tensor::new(pos, x.device())).transpose()?;
+        let table = |m: &Tensor| -> Result<Tensor> {
+            let m = match &idx {
+                Some(idx) => m.index_select(idx, 0)?.reshape((b, t, ()))?,
+                None => m.narrow(0, offset, t)?,
+            };
+            m.to_dtype(x.dtype())?.contiguous()
+        };
+        Ok((table(&self.cos)?, table(&self.sin)?))
     }
 }
 

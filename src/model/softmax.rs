@@ -7,15 +7,17 @@
 //! once more for AVX2 + FMA and picked at run time. Partial sums stay short in f32 and
 //! are added in f64, so the normaliser is within about 1e-6 of the exact one.
 
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// `(max, ln Σ exp(x - max))` over `row`; `row` must be non-empty and finite.
 pub fn max_logsumexp(row: &[f32]) -> (f32, f64) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { max_logsumexp_avx2(row) };
-        }
+    if avx2_fma() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { max_logsumexp_avx2(row) };
     }
     max_logsumexp_body(row)
 }
@@ -23,12 +25,9 @@ pub fn max_logsumexp(row: &[f32]) -> (f32, f64) {
 /// `row ← softmax(row)`; `row` must be non-empty, finite or -inf, with a finite maximum.
 pub fn softmax_in_place(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { softmax_avx2(row) };
-        }
+    if avx2_fma() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { softmax_avx2(row) };
     }
     softmax_body(row)
 }

@@ -231,24 +231,36 @@ fn score_shared_contexts(
     // Right padding: under the causal mask no real position sees it, and it gets no
     // logits.
     let ids = pad_right(&seqs, pad, m.device())?;
-    let width = ids.dim(1)?;
-    let rows: Vec<u32> = chosen
+    let runs: Vec<(usize, &[u32])> = chosen
         .iter()
-        .enumerate()
-        .flat_map(|(i, p)| (i * width..i * width + p.continuation.len()).map(|r| r as u32))
+        .map(|p| (0, p.continuation.as_slice()))
         .collect();
-    let logits = m.forward_rows(&ids, Some(&mut kv), hooks, &rows)?;
-    score_consecutive(&logits, chosen.iter().map(|p| p.continuation.as_slice()))
+    score_runs(m, &ids, Some(&mut kv), hooks, &runs)
 }
 
-/// Scores of continuations whose logits are consecutive runs of `logits`' rows.
-fn score_consecutive<'a>(
-    logits: &Tensor,
-    conts: impl Iterator<Item = &'a [u32]>,
+/// Scores of one continuation per row of `ids`: `(start, cont)` says that the logits at
+/// positions `start .. start + cont.len()` of the row predict `cont`. Only those
+/// positions are unembedded.
+fn score_runs(
+    m: &dyn crate::model::Transformer,
+    ids: &Tensor,
+    kv: Option<&mut KvCache>,
+    hooks: &Hooks,
+    runs: &[(usize, &[u32])],
 ) -> Result<Vec<LoglikResponse>, ModelError> {
+    let width = ids.dim(1)?;
+    let rows: Vec<u32> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (start, cont))| {
+            let first = i * width + start;
+            (first..first + cont.len()).map(|r| r as u32)
+        })
+        .collect();
+    let logits = m.forward_rows(ids, kv, hooks, &rows)?;
     let mut first = 0;
-    conts
-        .map(|cont| {
+    runs.iter()
+        .map(|(_, cont)| {
             let rows = logits.narrow(0, first, cont.len())?;
             first += cont.len();
             score_rows(&rows, cont)
@@ -277,22 +289,15 @@ fn score_batch(
         inputs.push(whole);
         conts.push(&p.continuation[p.continuation.len() - n_cont..]);
     }
-    // Logits only where a continuation token is predicted: positions len-n .. len of
-    // each row, in row order.
+    // Positions len-n .. len of each row predict its n continuation tokens.
     let m = model.model.as_ref();
     let ids = pad_right(&inputs, pad, m.device())?;
-    let width = ids.dim(1)?;
-    let rows: Vec<u32> = inputs
+    let runs: Vec<(usize, &[u32])> = inputs
         .iter()
-        .zip(&conts)
-        .enumerate()
-        .flat_map(|(i, (whole, cont))| {
-            let start = i * width + whole.len() - cont.len();
-            (start..start + cont.len()).map(|r| r as u32)
-        })
+        .zip(conts)
+        .map(|(whole, cont)| (whole.len() - cont.len(), cont))
         .collect();
-    let logits = m.forward_rows(&ids, None, hooks, &rows)?;
-    score_consecutive(&logits, conts.into_iter())
+    score_runs(m, &ids, None, hooks, &runs)
 }
 
 /// Summed log-probability of `cont` under `rows` `[n, vocab]`, and whether each token
@@ -302,34 +307,20 @@ fn score_batch(
 fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<LoglikResponse, ModelError> {
     use rayon::prelude::*;
     let vocab = rows.dim(D::Minus1)?;
+    if !rows.device().is_cpu() {
+        return score_rows(&rows.to_device(&candle_core::Device::Cpu)?, cont);
+    }
     let rows = rows.to_dtype(DType::F32)?.contiguous()?;
     let (storage, layout) = rows.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        drop(storage);
-        return score_rows_copied(&rows, vocab, cont);
+    let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return Err(candle_core::Error::Msg("contiguous CPU rows expected".into()).into());
     };
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("contiguous rows without offsets".into()))?;
     let flat = &cpu.as_slice::<f32>()?[start..end];
     let per_row: Vec<(f64, bool)> = flat
         .par_chunks(vocab)
         .zip(cont.par_iter())
-        .map(|(row, &target)| score_row(row, target as usize))
-        .collect();
-    Ok(response(&per_row))
-}
-
-/// [`score_rows`] for logits off the CPU: copied to host memory first.
-fn score_rows_copied(
-    rows: &Tensor,
-    vocab: usize,
-    cont: &[u32],
-) -> Result<LoglikResponse, ModelError> {
-    let flat = rows.flatten_all()?.to_vec1::<f32>()?;
-    let per_row: Vec<(f64, bool)> = flat
-        .chunks(vocab)
-        .zip(cont)
         .map(|(row, &target)| score_row(row, target as usize))
         .collect();
     Ok(response(&per_row))
