@@ -3,6 +3,35 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Keep freed memory in the process for the next allocation of its size (glibc only;
+/// a no-op elsewhere, or where the user tuned malloc through its environment).
+///
+/// A forward pass allocates a fresh output for every op, many of them megabytes. glibc
+/// serves those from `mmap` and returns them on free, so every op faulted in and zeroed
+/// new pages: 5% of a scoring run's CPU time was in the page-fault handler. With these
+/// thresholds the buffers of one layer are reused by the next, and peak memory is what
+/// it was (measured: loglik 96.3 s → 90.2 s, peak RSS 1443 → 1436 MB).
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let tuned = [
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+            "GLIBC_TUNABLES",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        if !tuned {
+            // SAFETY: mallopt only sets allocator parameters; called before other threads
+            // allocate (at the top of main), and both values are in range for an int.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            }
+        }
+    }
+}
+
 pub fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -327,6 +327,7 @@ struct FetchArgs {
 }
 
 fn main() -> ExitCode {
+    scalpel::machine::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => run_generate(a),

@@ -295,14 +295,26 @@ impl CustomOp2 for LinearOp {
         let threads = rayon::current_num_threads().max(1);
         let block = n.div_ceil(threads).next_multiple_of(16).min(n);
         let out_ptr = OutPtr(out.as_mut_ptr());
+        // A few rows (decoding): the weight streamed once, unpacked (`skinny.rs`).
+        let skinny = m <= super::skinny::MAX_ROWS && super::skinny::available();
         let run = |j0: usize| {
             let nb = block.min(n - j0);
             // SAFETY: x is m×k, w is n×k and out is m×n, all row-major; this call reads
             // rows j0..j0+nb of w and writes columns j0..j0+nb of out, which no other
             // block writes.
             unsafe {
+                if skinny {
+                    super::skinny::linear(
+                        (m, nb, k),
+                        x.as_ptr(),
+                        w.as_ptr().add(j0 * k),
+                        out_ptr.at(j0),
+                        n,
+                    );
+                    return;
+                }
                 if m == 1 {
-                    // One row (batch-1 decoding): a matrix-vector product, which streams
+                    // One row without AVX-512: a matrix-vector product, which streams
                     // the weight once; gemm's packing would copy it first.
                     (blas.sgemv)(
                         ROW_MAJOR,

@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod llama;
 pub mod loaded;
 pub mod ops;
+pub mod skinny;
 pub mod softmax;
 pub mod source;
 pub mod tokenizer;

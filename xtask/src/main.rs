@@ -50,6 +50,7 @@ enum BenchTarget {
 }
 
 fn main() -> Result<()> {
+    scalpel::machine::retain_freed_memory();
     match Cli::parse().cmd {
         Cmd::Bench { target, versus } => match target {
             None => bench::versus::run(&versus),
