@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::attention;
 use super::hooks::{ActivationCache, HookPoint, Hooks};
 use super::ops::{self, Rope};
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
@@ -193,28 +194,41 @@ impl Gemma3 {
             Some(pos) => rope.apply_rows(&x, pos),
             None => rope.apply(&x, offset),
         };
-        // [b, heads, t, dh]
-        let q = rotate(q.transpose(1, 2)?.contiguous()?)?;
+        // The fused kernel has no soft-capping of scores (Gemma 2 has it, Gemma 3 not).
+        let fused = c.attn_softcap.is_none()
+            && attention::applies(&[&q, &k, &v])
+            && !hooks.touches(HookPoint::AttnPattern(layer));
+        // [b, heads, t, dh]; the fused form takes q in its own [b, t, heads, dh].
+        let q = if fused {
+            rope.apply_thd(&q, offset, rows.as_deref())?
+        } else {
+            rotate(q.transpose(1, 2)?.contiguous()?)?
+        };
         let k = rotate(k.transpose(1, 2)?.contiguous()?)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match kv {
             Some(kv) => kv.append(layer, k, v)?,
             None => (k, v),
         };
-        let rep = c.n_heads / c.n_kv_heads;
-        let k = ops::repeat_kv(&k, rep)?.contiguous()?;
-        let v = ops::repeat_kv(&v, rep)?.contiguous()?;
-        let mut scores = (q.matmul(&k.t()?)? * c.query_pre_attn_scalar.powf(-0.5))?;
-        if let Some(cap) = c.attn_softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
-        }
+        let scale = c.query_pre_attn_scalar.powf(-0.5);
         let mask = if global { &masks.global } else { &masks.local };
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let pattern = ops::softmax_last_dim(&scores)?;
-        let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
-        let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, t, h, dh]
+        let z = if fused {
+            attention::attend(&q, &k, &v, mask.as_ref(), scale)? // [b, t, h, dh]
+        } else {
+            let rep = c.n_heads / c.n_kv_heads;
+            let k = ops::repeat_kv(&k, rep)?.contiguous()?;
+            let v = ops::repeat_kv(&v, rep)?.contiguous()?;
+            let mut scores = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(cap) = c.attn_softcap {
+                scores = ((scores / cap)?.tanh()? * cap)?;
+            }
+            if let Some(mask) = mask {
+                scores = scores.broadcast_add(mask)?;
+            }
+            let pattern = ops::softmax_last_dim(&scores)?;
+            let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
+            pattern.matmul(&v)?.transpose(1, 2)? // [b, t, h, dh]
+        };
         let z = hooks.apply(HookPoint::AttnZ(layer), z, offset, cache)?;
         let z = z.reshape((b, t, c.n_heads * c.d_head))?;
         ops::linear(&z, &a.o, None)

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::attention;
 use super::hooks::{ActivationCache, HookPoint, Hooks};
 use super::ops;
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
@@ -241,20 +242,27 @@ impl Gpt2 {
         let q = hooks.apply(HookPoint::AttnQ(layer), q, offset, cache)?;
         let k = hooks.apply(HookPoint::AttnK(layer), k, offset, cache)?;
         let v = hooks.apply(HookPoint::AttnV(layer), v, offset, cache)?;
-        let q = q.transpose(1, 2)?.contiguous()?; // [b, h, t, dh]
-        let k = k.transpose(1, 2)?.contiguous()?;
+        let fused =
+            attention::applies(&[&q, &k, &v]) && !hooks.touches(HookPoint::AttnPattern(layer));
+        let k = k.transpose(1, 2)?.contiguous()?; // [b, h, t, dh]
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match kv {
             Some(kv) => kv.append(layer, k, v)?,
             None => (k, v),
         };
-        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let pattern = ops::softmax_last_dim(&scores)?;
-        let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
-        let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, t, h, dh]
+        let scale = 1.0 / (dh as f64).sqrt();
+        let z = if fused {
+            attention::attend(&q, &k, &v, mask, scale)? // q as [b, t, h, dh]
+        } else {
+            let q = q.transpose(1, 2)?.contiguous()?;
+            let mut scores = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(mask) = mask {
+                scores = scores.broadcast_add(mask)?;
+            }
+            let pattern = ops::softmax_last_dim(&scores)?;
+            let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
+            pattern.matmul(&v)?.transpose(1, 2)? // [b, t, h, dh]
+        };
         let z = hooks.apply(HookPoint::AttnZ(layer), z, offset, cache)?;
         ops::linear(&z.reshape((b, t, d))?, &blk.c_proj_w, Some(&blk.c_proj_b))
     }
