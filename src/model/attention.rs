@@ -19,6 +19,11 @@ use super::softmax::softmax_in_place;
 /// Queries per block: each block's products cover only the keys it can see.
 const QUERY_BLOCK: usize = 32;
 
+/// Query positions `[i0, i1)` of block `qb` of `t`.
+fn block_rows(qb: usize, t: usize) -> (usize, usize) {
+    (qb * QUERY_BLOCK, ((qb + 1) * QUERY_BLOCK).min(t))
+}
+
 /// The columns `[lo, hi)` outside which every row of `rows` (each `total` wide) is
 /// masked (-inf). A block whose rows are all masked everywhere keeps every column, so
 /// that it gives what the unblocked form gives.
@@ -115,11 +120,8 @@ pub fn attend(
         Some(m) => (0..mask_rows * blocks)
             .map(|rb| {
                 let (r, qb) = (rb / blocks, rb % blocks);
-                let rows = qb * QUERY_BLOCK..((qb + 1) * QUERY_BLOCK).min(t);
-                visible_span(
-                    &m[(r * t + rows.start) * total..(r * t + rows.end) * total],
-                    total,
-                )
+                let (i0, i1) = block_rows(qb, t);
+                visible_span(&m[(r * t + i0) * total..(r * t + i1) * total], total)
             })
             .collect(),
     };
@@ -133,7 +135,7 @@ pub fn attend(
             let kv = ((row * kvh) + head / rep) * total * dh;
             let mask_row = if per_row_mask { row } else { 0 };
             for qb in 0..blocks {
-                let (i0, i1) = (qb * QUERY_BLOCK, ((qb + 1) * QUERY_BLOCK).min(t));
+                let (i0, i1) = block_rows(qb, t);
                 let (lo, hi) = spans[mask_row * blocks + qb];
                 let (n_q, n_k) = (i1 - i0, hi - lo);
                 let q0 = ((row * t + i0) * h + head) * dh;

@@ -9,7 +9,9 @@
 //! L1: a tile of 4 weight rows × up to 6 rows of `x` keeps 24 sixteen-lane accumulators
 //! in registers (AVX-512), so each vector load feeds four or six FMAs.
 //!
-//! Runs only where the CPU has AVX-512F; elsewhere BLAS runs as before.
+//! Runs only where the CPU has AVX-512F and AVX-512VL (without VL the compiler cannot
+//! use the upper 16 vector registers for the accumulators and spills them); elsewhere
+//! BLAS runs as before.
 
 /// Products with at most this many rows of `x` take this kernel. Above it BLAS's packed
 /// kernels win, packing being amortised over enough rows. Measured on SmolLM2's shapes
@@ -180,8 +182,9 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    /// Every tile shape and remainder: rows of `x` 1..=13 (all six tile heights and
-    /// their mixes), weight rows that leave 0–3 over, `k` with and without a partial
+    /// Every tile shape and remainder: rows of `x` that run each of the six tile
+    /// heights (1, 2, 6, 9 = 6+3, 10 = 6+4, 11 = 6+5, 13 = 6+6+1, 25 = 4×6+1), weight
+    /// rows that leave 0–3 over, `k` with and without a partial
     /// chunk, and an output stride wider than `n` (a column block of a larger output).
     #[test]
     fn skinny_products_match_the_definition() {
@@ -200,6 +203,9 @@ mod tests {
             (6, 9, 576),
             (25, 66, 100),
             (2, 3, 5),
+            (9, 5, 33),
+            (10, 4, 16),
+            (11, 8, 48),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
