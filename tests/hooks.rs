@@ -557,6 +557,68 @@ fn sampling_is_seeded_and_independent_of_the_number_of_samples() {
     assert_ne!(other, a, "another seed, other samples");
 }
 
+/// Prompts of different lengths decoded as one left-padded batch get, sample for
+/// sample, the tokens each gets alone, plain and under a writer at every position; on
+/// SmolLM2 (real weights, grouped queries, RoPE) and GPT-2 (learned positions, biases).
+#[test]
+fn batched_prompts_continue_as_each_does_alone() {
+    use scalpel::model::generate::{generate_batch, prompts_per_batch};
+    let gpt2 = common::tiny_gpt2();
+    for m in [common::smollm2(), &gpt2] {
+        let texts = [
+            "The weather today",
+            "Once upon a time, in a land far away, there lived",
+            "I",
+            "Nobody expected the committee to",
+        ];
+        let prompts: Vec<Vec<u32>> = texts.iter().map(|t| m.encode(t).unwrap()).collect();
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: None,
+            top_p: Some(0.9),
+            max_new_tokens: 10,
+            seed: 0,
+            stop_ids: m.tokenizer.stop_ids.clone(),
+        };
+        let d = m.model.info().d_model;
+        let steer = Hooks::new().write(Writer::new(
+            HookPoint::ResidPost(1),
+            AddTensor(Tensor::randn(0f32, 2.0, d, &Device::Cpu).unwrap()),
+        ));
+        for hooks in [Hooks::new(), steer] {
+            let n = 3;
+            let group = prompts_per_batch(m.model.as_ref(), &hooks, n);
+            if scalpel::model::blas::rows_independent() {
+                assert_eq!(group, 13, "40 rows of 3 samples");
+            } else {
+                eprintln!("prompts do not share a decoding batch on this machine");
+            }
+            let batch: Vec<(&[u32], u64)> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| (ids.as_slice(), 100 + i as u64))
+                .collect();
+            let together = generate_batch(m.model.as_ref(), &batch, &p, n, &hooks).unwrap();
+            assert_eq!(together.len(), prompts.len());
+            for ((ids, seed), got) in batch.iter().zip(&together) {
+                let alone = generate(
+                    m.model.as_ref(),
+                    ids,
+                    &SamplingParams {
+                        seed: *seed,
+                        ..p.clone()
+                    },
+                    n,
+                    &hooks,
+                    |_, _| {},
+                )
+                .unwrap();
+                assert_eq!(got, &alone, "group of {group}");
+            }
+        }
+    }
+}
+
 /// Running only blocks `a..b` on the stream entering block `a` gives the full forward's
 /// stream leaving block `b − 1`, writers inside the span included.
 fn check_forward_blocks(m: &dyn Transformer, ids: &[u32], a: usize, b: usize) {

@@ -131,3 +131,82 @@ fn left_padded_batches_of_items_score_what_each_scores_alone() {
         }
     }
 }
+
+/// A case whose writers begin at block `s` scores, starting from the streams the
+/// unmodified case recorded at block `s`, exactly what it scores running every block:
+/// shared contexts (a left-padded prefill, then each choice on the cache) and whole
+/// sequences alike; on SmolLM2 and GPT-2. A call the recording never saw, on a cache
+/// whose first layers were skipped, is an error.
+#[test]
+fn a_case_started_from_recorded_streams_scores_what_it_scores_in_full() {
+    use scalpel::model::hooks::AddTensor;
+    use scalpel::model::prefix_memo::PrefixMemo;
+    use scalpel::model::{HookPoint, KvCache, LogitsAt, Writer};
+    use scalpel::score::loglik::{loglikelihood_tokens, EncodedPair};
+    let items: [(&str, &[&str]); 3] = [
+        (
+            "The man broke his toe because",
+            &[" he dropped a hammer.", " he was tired."],
+        ),
+        ("Paris is", &[" big", " a city in France"]),
+        ("Q: Is water wet?\nA:", &[" yes"]),
+    ];
+    let tiny = common::tiny_gpt2();
+    for (m, s) in [(common::smollm2(), 12), (&tiny, 1)] {
+        let pairs: Vec<EncodedPair> = items
+            .iter()
+            .flat_map(|(c, conts)| {
+                conts
+                    .iter()
+                    .map(|x| encode_pair(m, &LoglikRequest::new(*c, *x)).unwrap())
+            })
+            .collect();
+        let memo = PrefixMemo::recorder([s].into());
+        let plain =
+            loglikelihood_tokens(m, &pairs, 8, &Hooks::new().with_memo(memo.clone())).unwrap();
+        assert!(!memo.is_empty(), "{}: nothing recorded", m.name);
+        let v = candle_core::Tensor::full(0.5f32, m.model.info().d_model, m.device()).unwrap();
+        let steer = Hooks::new().write(Writer::new(HookPoint::ResidPost(s), AddTensor(v)));
+        let full = loglikelihood_tokens(m, &pairs, 8, &steer).unwrap();
+        let replayer = memo.replayer(s);
+        let replayed =
+            loglikelihood_tokens(m, &pairs, 8, &steer.clone().with_memo(replayer.clone())).unwrap();
+        assert!(replayer.replayed() > 0, "{}: nothing replayed", m.name);
+        assert_eq!(replayed, full, "{}", m.name);
+        assert_ne!(full, plain, "{}: the writer changes the scores", m.name);
+        // A prefill replayed, then a call nobody recorded: its first layers are missing.
+        let ids =
+            candle_core::Tensor::new(&pairs[0].context[..pairs[0].context.len() - 1], m.device())
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+        let n = m.model.info().n_layers;
+        let fresh = PrefixMemo::recorder([s].into());
+        let recorder = Hooks::new().with_memo(fresh.clone());
+        m.model
+            .forward_at(&ids, Some(&mut KvCache::new(n)), &recorder, LogitsAt::Skip)
+            .unwrap();
+        let replayer = fresh.replayer(s);
+        let hooks = steer.clone().with_memo(replayer.clone());
+        let mut kv = KvCache::new(n);
+        m.model
+            .forward_at(&ids, Some(&mut kv), &hooks, LogitsAt::Skip)
+            .unwrap();
+        assert_eq!(
+            replayer.replayed(),
+            1,
+            "{}: the prefill was recorded",
+            m.name
+        );
+        let other = candle_core::Tensor::new(&[7u32, 8, 9], m.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let e = m
+            .model
+            .forward_at(&other, Some(&mut kv), &hooks, LogitsAt::Skip)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefix memo"), "{e}");
+    }
+}

@@ -21,7 +21,9 @@ pub use embedding::{
     fit_embedding_attack, target_nll, AttackFit, EmbeddingAttackConfig, SoftPrefix, PLACEHOLDER,
 };
 pub use gcg::{fit_gcg, token_prefix, GcgConfig, GcgFit};
-pub use tamper::{fit_tamper, tampered_hooks, TamperConfig, TamperFit, TamperParams};
+pub use tamper::{
+    fit_tamper, fit_tamper_budgets, tampered_hooks, TamperConfig, TamperFit, TamperParams,
+};
 pub use targets::{Encoded, Target};
 
 #[derive(Debug, thiserror::Error)]

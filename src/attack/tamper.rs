@@ -167,12 +167,33 @@ pub fn fit_tamper(
     defence: &Intervention,
     targets: &[Target],
     cfg: &TamperConfig,
-    mut progress: impl FnMut(usize, usize, f64),
+    progress: impl FnMut(usize, usize, f64),
 ) -> Result<TamperFit, AttackError> {
+    let mut fits = fit_tamper_budgets(model, defence, targets, cfg, &[cfg.steps], progress)?;
+    Ok(fits.remove(0))
+}
+
+/// One fine-tuning run against `defence`, read off after each of `budgets` steps
+/// (`cfg.steps` is ignored): the fit at budget N is the one [`fit_tamper`] gives for N
+/// steps, bit for bit, because the batches are drawn in the same seeded order and AdamW
+/// has no schedule that depends on the total. So the budgets of a tamper curve (5, 20,
+/// 50) cost the largest one's steps, not their sum. Fits come back in the order of
+/// `budgets`; each one's `seconds` is the time from the start to its checkpoint.
+pub fn fit_tamper_budgets(
+    model: &LoadedModel,
+    defence: &Intervention,
+    targets: &[Target],
+    cfg: &TamperConfig,
+    budgets: &[usize],
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<Vec<TamperFit>, AttackError> {
     if cfg.batch == 0 || (cfg.params == TamperParams::Model && cfg.rank == 0) {
         return Err(AttackError::Invalid(
             "batch (and rank, for model tampering) must be at least 1".into(),
         ));
+    }
+    if budgets.is_empty() {
+        return Err(AttackError::Invalid("no tamper budget to fit".into()));
     }
     let began = Instant::now();
     let examples = Encoded::all(model, targets, cfg.max_target_tokens)?;
@@ -191,28 +212,62 @@ pub fn fit_tamper(
         }
     };
     let build = |detach: bool| -> Result<(Intervention, Intervention), AttackError> {
-        let t = |m: &BTreeMap<String, Var>| -> BTreeMap<String, Tensor> {
+        let t = |m: &BTreeMap<String, Var>| -> Result<BTreeMap<String, Tensor>, AttackError> {
             m.iter()
                 .map(|(k, v)| {
                     let t = v.as_tensor();
-                    (k.clone(), if detach { t.detach() } else { t.clone() })
+                    // AdamW updates a Var's storage in place, so a checkpoint that only
+                    // detached would move on with training: copy it, then detach the
+                    // copy (a copy of a Var is tracked, and tracked tensors keep the
+                    // slower autograd paths of the forward pass).
+                    let t = if detach {
+                        t.copy()?.detach()
+                    } else {
+                        t.clone()
+                    };
+                    Ok((k.clone(), t))
                 })
                 .collect()
         };
         let iv = match cfg.params {
-            TamperParams::Intervention => defence.with_tensors(&t(&iv_vars)),
+            TamperParams::Intervention => defence.with_tensors(&t(&iv_vars)?),
             TamperParams::Model => Ok(defence.clone()),
         }
         .map_err(AttackError::Invalid)?;
         let ad = template
-            .with_tensors(&t(&ad_vars))
+            .with_tensors(&t(&ad_vars)?)
             .map_err(AttackError::Invalid)?;
         Ok((iv, ad))
     };
     let nll_before = mean_nll(model, &defence.hooks(), &examples)?.to_scalar::<f32>()? as f64;
+    let last = budgets.iter().copied().max().unwrap_or(0);
+    let mut checkpoints: BTreeMap<usize, TamperFit> = BTreeMap::new();
+    let checkpoint = |curve: &[f64]| -> Result<TamperFit, AttackError> {
+        let (intervention, adapters) = build(true)?;
+        let nll_after = mean_nll(model, &tampered_hooks(&intervention, &adapters), &examples)?
+            .to_scalar::<f32>()? as f64;
+        Ok(TamperFit {
+            intervention,
+            adapters,
+            curve: curve.to_vec(),
+            nll_before,
+            nll_after,
+            seconds: began.elapsed().as_secs_f64(),
+        })
+    };
     let all: Vec<Var> = iv_vars.values().chain(ad_vars.values()).cloned().collect();
-    let mut curve = Vec::with_capacity(cfg.steps);
-    if !all.is_empty() && cfg.steps > 0 {
+    let mut curve = Vec::with_capacity(last);
+    if budgets.contains(&0) || all.is_empty() {
+        // Nothing to train (no steps, or an intervention without tensors): every budget
+        // is the defended model as it stands.
+        let fit = checkpoint(&curve)?;
+        for &b in budgets {
+            if b == 0 || all.is_empty() {
+                checkpoints.insert(b, fit.clone());
+            }
+        }
+    }
+    if !all.is_empty() && last > 0 {
         let mut opt = AdamW::new(
             all,
             ParamsAdamW {
@@ -222,7 +277,7 @@ pub fn fit_tamper(
             },
         )?;
         let mut batches = Batches::new(examples.len(), &mut rng);
-        for step in 0..cfg.steps {
+        for step in 0..last {
             let batch: Vec<Encoded> = batches
                 .next(cfg.batch, &mut rng)
                 .into_iter()
@@ -238,18 +293,19 @@ pub fn fit_tamper(
             }
             opt.backward_step(&loss)?;
             curve.push(lv);
-            progress(step + 1, cfg.steps, lv);
+            progress(step + 1, last, lv);
+            if budgets.contains(&(step + 1)) {
+                checkpoints.insert(step + 1, checkpoint(&curve)?);
+            }
         }
     }
-    let (intervention, adapters) = build(true)?;
-    let nll_after = mean_nll(model, &tampered_hooks(&intervention, &adapters), &examples)?
-        .to_scalar::<f32>()? as f64;
-    Ok(TamperFit {
-        intervention,
-        adapters,
-        curve,
-        nll_before,
-        nll_after,
-        seconds: began.elapsed().as_secs_f64(),
-    })
+    budgets
+        .iter()
+        .map(|b| {
+            checkpoints
+                .get(b)
+                .cloned()
+                .ok_or_else(|| AttackError::Invalid(format!("tamper budget {b} was not reached")))
+        })
+        .collect()
 }

@@ -10,6 +10,7 @@ use super::suite::{GateSpec, Source, Suite};
 use crate::intervene::artifact::{self, Manifest};
 use crate::intervene::config::{self as fitconfig, ConfigError, FitConfig};
 use crate::intervene::Intervention;
+use crate::model::prefix_memo::PrefixMemo;
 use crate::model::LoadedModel;
 use crate::stats::gate::{test_all, Verdict};
 use crate::stats::paired::Paired;
@@ -244,7 +245,8 @@ pub fn run(
                 })?;
         progress(RunProgress::Attacking { case: case.clone() });
         let start = Instant::now();
-        let a = fit_attack(model, spec, &built[iv], case)?;
+        let siblings = tamper_siblings(suite, &cases, iv, spec);
+        let a = fit_attack(model, spec, &built[iv], case, &siblings)?;
         seconds.insert(format!("attack {case}"), start.elapsed().as_secs_f64());
         attacked.insert(case.clone(), a);
     }
@@ -282,6 +284,10 @@ pub fn run(
             ),
             _ => None,
         };
+        let memo = shared_blocks(task.as_ref(), &users, |name| match attacked.get(name) {
+            Some(a) => (a.hooks.clone(), a.prefix.is_some()),
+            None => (built[&base_of(name)].hooks(), false),
+        });
         for name in users {
             let start = Instant::now();
             let mut report_progress = |done: usize, total: usize| {
@@ -297,6 +303,13 @@ pub fn run(
             if let Some(a) = attacked.get(name.as_str()) {
                 cx.hooks = a.hooks.clone();
                 cx.prefix = a.prefix.clone();
+            }
+            if let (Some(memo), None) = (&memo, &cx.prefix) {
+                match cx.hooks.first_block() {
+                    None => cx.hooks = cx.hooks.clone().with_memo(memo.clone()),
+                    Some(s) if s > 0 => cx.hooks = cx.hooks.clone().with_memo(memo.replayer(s)),
+                    Some(_) => {}
+                }
             }
             cx.seed = suite.seed;
             cx.scorer = scorer.as_deref();
@@ -470,13 +483,77 @@ pub(crate) struct Attacked {
     pub summary: serde_json::Value,
 }
 
+/// Streams for the cases of a scoring task to share ([`PrefixMemo`]): the unmodified
+/// case records the stream entering each block where another case's hooks begin, and
+/// those cases start there. `None` where nothing would be shared: a generation task
+/// (each case samples its own tokens, so its calls differ), no case without hooks, or
+/// no case whose hooks begin after block 0. `hooks_of` gives a case's hooks and whether
+/// it runs under a prompt prefix (which changes the input, so shares nothing).
+fn shared_blocks(
+    task: &dyn tasks::Task,
+    cases: &[&String],
+    hooks_of: impl Fn(&str) -> (crate::model::Hooks, bool),
+) -> Option<PrefixMemo> {
+    if task.protocol().is_some() {
+        return None;
+    }
+    let mut recorder = false;
+    let mut blocks = BTreeSet::new();
+    for case in cases {
+        let (hooks, prefixed) = hooks_of(case.as_str());
+        match (hooks.first_block(), prefixed) {
+            (None, false) => recorder = true,
+            (Some(s), false) if s > 0 => {
+                blocks.insert(s);
+            }
+            _ => {}
+        }
+    }
+    (recorder && !blocks.is_empty()).then(|| PrefixMemo::recorder(blocks))
+}
+
+/// The suite's other tamper attacks that differ from `spec` only in their budget and
+/// that the selected trials run against `iv`: one fine-tuning run reads them all off
+/// ([`crate::attack::fit_tamper_budgets`]).
+fn tamper_siblings<'a>(
+    suite: &'a Suite,
+    cases: &BTreeSet<(String, TaskId)>,
+    iv: &str,
+    spec: &super::suite::AttackSpec,
+) -> Vec<&'a super::suite::AttackSpec> {
+    use crate::attack::{AttackConfig, TamperConfig};
+    let AttackConfig::Tamper(mine) = &spec.config else {
+        return Vec::new();
+    };
+    let same_but_budget = |other: &TamperConfig| {
+        &TamperConfig {
+            steps: mine.steps,
+            ..other.clone()
+        } == mine
+    };
+    suite
+        .attacks
+        .iter()
+        .filter(|x| x.name != spec.name && x.targets == spec.targets && x.limit == spec.limit)
+        .filter(|x| matches!(&x.config, AttackConfig::Tamper(o) if same_but_budget(o)))
+        .filter(|x| {
+            cases
+                .iter()
+                .any(|(n, _)| super::suite::split_case(n) == (iv, Some(x.name.as_str())))
+        })
+        .collect()
+}
+
 /// Attack `spec` fitted against `defence` on `model`, from the fixture cache when the
-/// model, defence, attack and targets are unchanged.
+/// model, defence, attack and targets are unchanged. A tamper attack that is not cached
+/// is fitted in one run with its uncached `siblings` (the same attack at other budgets),
+/// and each budget's fit goes into the cache.
 fn fit_attack(
     model: &LoadedModel,
     spec: &super::suite::AttackSpec,
     defence: &Intervention,
     case: &str,
+    siblings: &[&super::suite::AttackSpec],
 ) -> Result<Attacked, HarnessError> {
     use crate::attack::{self, cache, AttackConfig, Target};
     use sha2::{Digest, Sha256};
@@ -519,11 +596,16 @@ fn fit_attack(
             .map_err(|e| fail(e.to_string()))?
             .as_bytes(),
     );
-    h.update(format!("{:?}", spec.config).as_bytes());
-    let key: String = h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // Everything above is shared by the siblings; the attack's own settings end the key.
+    let key_of = |config: &AttackConfig| -> String {
+        let mut h = h.clone();
+        h.update(format!("{config:?}").as_bytes());
+        h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let key = key_of(&spec.config);
     let dir = crate::assets::scalpel_home()
         .join("fixtures")
         .join("attacks");
@@ -561,14 +643,38 @@ fn fit_attack(
                     (BTreeMap::from([("tokens".to_string(), ids)]), s)
                 }
                 AttackConfig::Tamper(cfg) => {
-                    let fit = attack::fit_tamper(model, defence, &targets, cfg, |_, _, _| {})
-                        .map_err(e)?;
-                    let s = serde_json::json!({
-                        "kind": "tamper", "params": cfg.params.name(), "steps": cfg.steps,
-                        "curve": fit.curve, "nll_before": fit.nll_before,
-                        "nll_after": fit.nll_after, "seconds": fit.seconds,
-                    });
-                    (fit.tensors(), s)
+                    let mut todo = vec![(key.clone(), cfg.steps)];
+                    for sib in siblings {
+                        if let AttackConfig::Tamper(c) = &sib.config {
+                            let k = key_of(&sib.config);
+                            if cache::load(&dir, &k).is_none() {
+                                todo.push((k, c.steps));
+                            }
+                        }
+                    }
+                    let budgets: Vec<usize> = todo.iter().map(|(_, n)| *n).collect();
+                    let trajectory = budgets.iter().copied().max().unwrap_or(0);
+                    let fits = attack::fit_tamper_budgets(
+                        model,
+                        defence,
+                        &targets,
+                        cfg,
+                        &budgets,
+                        |_, _, _| {},
+                    )
+                    .map_err(e)?;
+                    let summary = |fit: &attack::TamperFit, steps: usize| {
+                        serde_json::json!({
+                            "kind": "tamper", "params": cfg.params.name(), "steps": steps,
+                            "trajectory_steps": trajectory,
+                            "curve": fit.curve, "nll_before": fit.nll_before,
+                            "nll_after": fit.nll_after, "seconds": fit.seconds,
+                        })
+                    };
+                    for ((k, steps), fit) in todo.iter().zip(&fits).skip(1) {
+                        cache::save(&dir, k, &fit.tensors(), summary(fit, *steps));
+                    }
+                    (fits[0].tensors(), summary(&fits[0], cfg.steps))
                 }
             };
             cache::save(&dir, &key, &tensors, summary.clone());

@@ -171,6 +171,14 @@ pub(crate) fn available() -> bool {
     requested() && blas().is_some()
 }
 
+/// Whether a product of at most [`super::skinny::MAX_ROWS`] rows (f32, on the CPU,
+/// outside autograd) gives each row the same bits whatever rows run beside it: true
+/// where such products run in the skinny kernel, whose every output is one row's dot
+/// product accumulated in a fixed order. Batched decoding relies on it.
+pub fn rows_independent() -> bool {
+    available() && super::skinny::available()
+}
+
 /// Row-major, single-threaded `c = alpha · a · op(b)` for `a` `[m, k]` (row stride
 /// `lda`), `op(b)` `[k, n]` (`b` is `[n, k]` with `trans_b`, else `[k, n]`; row stride
 /// `ldb`) and `c` `[m, n]` (row stride `ldc`), overwritten. For products small enough
@@ -235,7 +243,13 @@ fn linear_if_loaded(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     }
     let (m, k) = x.dims2()?;
     let (n, k2) = w.dims2()?;
-    if k != k2 || m * n * k < MIN_WORK || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
+    // Few rows go to the skinny kernel however small the product, so that each row's
+    // result never depends on how many rows run beside it (`rows_independent`).
+    let few_rows = m <= super::skinny::MAX_ROWS && super::skinny::available();
+    if k != k2
+        || (!few_rows && m * n * k < MIN_WORK)
+        || [m, n, k].iter().any(|&d| d > i32::MAX as usize)
+    {
         return Ok(None);
     }
     if blas().is_none() {

@@ -288,14 +288,23 @@ impl Gemma3 {
         let (b, t) = ids.dims2()?;
         let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
         let mut cache = ActivationCache::default();
-        let x = (self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.cfg.d_model,
-        ))? * self.embed_scale())?;
-        let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
+        let (call, replayed) = super::prefix_memo::begin(ids, kv.as_deref(), hooks)?;
+        let (first, mut resid) = match replayed {
+            Some(start) => start,
+            None => {
+                let x = (self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+                    b,
+                    t,
+                    self.cfg.d_model,
+                ))? * self.embed_scale())?;
+                (0, hooks.apply(HookPoint::Embed, x, offset, &mut cache)?)
+            }
+        };
         let masks = self.masks(kv.as_deref(), t, offset, resid.dtype())?;
-        for l in 0..self.cfg.n_layers {
+        for l in first..self.cfg.n_layers {
+            if let Some(c) = &call {
+                c.record(l, &resid);
+            }
             resid = self.block(
                 l,
                 resid,
@@ -306,6 +315,7 @@ impl Gemma3 {
                 &mut cache,
             )?;
         }
+        super::prefix_memo::finish(call, kv);
         let logits = super::logits_at(at, &resid, self.cfg.vocab_size, |h| self.unembed_inner(h))?;
         Ok(ForwardOutput { logits, cache })
     }

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::hooks::Hooks;
-use super::{LogitsAt, ModelError, Transformer};
+use super::{KvCache, LogitsAt, ModelError, Transformer};
 
 /// Logits of several sequences run as one right-padded batch.
 ///
@@ -193,11 +193,109 @@ pub fn generate(
     hooks: &Hooks,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generation>, ModelError> {
+    if n_samples == 0 {
+        check_prompt(model, prompt, params)?;
+        return Ok(vec![]);
+    }
+    let (kv, last) = prefill(model, prompt, params, hooks)?;
+    let kv = kv.repeat_batch(n_samples)?;
+    let rows: Vec<Row> = (0..n_samples)
+        .map(|i| Row::new(params.seed, i, *prompt.last().unwrap_or(&0)))
+        .collect();
+    decode(
+        model,
+        kv,
+        vec![last; n_samples],
+        rows,
+        params,
+        hooks,
+        |r, t| on_token(r, t),
+    )
+}
+
+/// Rows a [`generate_batch`] group decodes together: the most the CPU's few-row product
+/// kernel takes in one pass, so a group reads each weight once per token.
+pub const BATCH_ROWS: usize = super::skinny::MAX_ROWS;
+
+/// Prompts per [`generate_batch`] group at `n_samples` samples each (1 where prompts
+/// cannot share a batch, see [`batch_decodes_rows_alone`]).
+pub fn prompts_per_batch(model: &dyn Transformer, hooks: &Hooks, n_samples: usize) -> usize {
+    if batch_decodes_rows_alone(model, hooks) {
+        (BATCH_ROWS / n_samples.max(1)).max(1)
+    } else {
+        1
+    }
+}
+
+/// Whether rows of different prompts, decoded as one left-padded batch, each get exactly
+/// the bits they get decoded alone: on the CPU where the projections run through the
+/// few-row kernel (each output a dot product of one row, in a fixed order) and the fused
+/// attention (each row's softmax over its own keys only), with no writer addressing
+/// absolute positions (they would mean different tokens in differently padded rows) and
+/// no attention-pattern hook (the composed attention sums over the padding too).
+pub fn batch_decodes_rows_alone(model: &dyn Transformer, hooks: &Hooks) -> bool {
+    model.device().is_cpu()
+        && super::blas::rows_independent()
+        && hooks
+            .writers()
+            .iter()
+            .all(|w| w.positions == super::hooks::Positions::All)
+        && (0..model.info().n_layers).all(|l| !hooks.touches(super::HookPoint::AttnPattern(l)))
+}
+
+/// `n_samples` continuations of each of `prompts` (ids, sampling seed; `params.seed` is
+/// not used), in the order given: for every prompt exactly what [`generate`] gives it
+/// alone, token for token. Where [`prompts_per_batch`] allows, prompts go in groups whose
+/// prefills run one by one and whose samples then decode as one left-padded batch, so
+/// that each decoding step reads the weights once for the group instead of once per
+/// prompt (decoding a few rows is bound by reading the weights).
+pub fn generate_batch(
+    model: &dyn Transformer,
+    prompts: &[(&[u32], u64)],
+    params: &SamplingParams,
+    n_samples: usize,
+    hooks: &Hooks,
+) -> Result<Vec<Vec<Generation>>, ModelError> {
+    let group = prompts_per_batch(model, hooks, n_samples);
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(group) {
+        if chunk.len() == 1 || n_samples == 0 {
+            for (ids, seed) in chunk {
+                let p = SamplingParams {
+                    seed: *seed,
+                    ..params.clone()
+                };
+                out.push(generate(model, ids, &p, n_samples, hooks, |_, _| {})?);
+            }
+            continue;
+        }
+        let mut caches = Vec::with_capacity(chunk.len());
+        let mut lasts = Vec::with_capacity(chunk.len() * n_samples);
+        let mut rows = Vec::with_capacity(chunk.len() * n_samples);
+        for (ids, seed) in chunk {
+            let (kv, last) = prefill(model, ids, params, hooks)?;
+            caches.push(kv);
+            for i in 0..n_samples {
+                rows.push(Row::new(*seed, i, *ids.last().unwrap_or(&0)));
+                lasts.push(last.clone());
+            }
+        }
+        let kv = KvCache::stack_left_padded(&caches, n_samples)?;
+        let mut gens = decode(model, kv, lasts, rows, params, hooks, |_, _| {})?.into_iter();
+        for _ in chunk {
+            out.push(gens.by_ref().take(n_samples).collect());
+        }
+    }
+    Ok(out)
+}
+
+fn check_prompt(
+    model: &dyn Transformer,
+    prompt: &[u32],
+    params: &SamplingParams,
+) -> Result<(), ModelError> {
     if prompt.is_empty() {
         return Err(ModelError::EmptyPrompt);
-    }
-    if n_samples == 0 {
-        return Ok(vec![]);
     }
     let max_pos = model.info().max_positions;
     if prompt.len() + params.max_new_tokens > max_pos {
@@ -206,9 +304,19 @@ pub fn generate(
             max: max_pos,
         });
     }
-    let dev = model.device();
+    Ok(())
+}
+
+/// The prompt's KV cache and its last position's logits.
+fn prefill(
+    model: &dyn Transformer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    hooks: &Hooks,
+) -> Result<(KvCache, Vec<f32>), ModelError> {
+    check_prompt(model, prompt, params)?;
     let mut kv = model.new_kv_cache();
-    let ids = Tensor::new(prompt, dev)?.unsqueeze(0)?;
+    let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
     let out = model.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Last)?;
     let last = out
         .logits
@@ -216,37 +324,59 @@ pub fn generate(
         .get(0)?
         .to_dtype(DType::F32)?
         .to_vec1::<f32>()?;
-    let mut kv = kv.repeat_batch(n_samples)?;
-    let mut rngs: Vec<ChaCha8Rng> = (0..n_samples)
-        .map(|i| {
-            let mut r = ChaCha8Rng::seed_from_u64(params.seed);
-            r.set_stream(i as u64);
-            r
-        })
-        .collect();
+    Ok((kv, last))
+}
+
+/// One sample being decoded: its own generator (`seed`, stream `i`, as [`generate`]
+/// documents), and the token it feeds once it has finished.
+struct Row {
+    rng: ChaCha8Rng,
+    filler: u32,
+}
+
+impl Row {
+    fn new(seed: u64, stream: usize, filler: u32) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream as u64);
+        Row { rng, filler }
+    }
+}
+
+/// Decode every row of `kv` from its first logits `rows` until each has stopped or
+/// `params.max_new_tokens` are drawn.
+fn decode(
+    model: &dyn Transformer,
+    mut kv: KvCache,
+    mut logits: Vec<Vec<f32>>,
+    mut rows: Vec<Row>,
+    params: &SamplingParams,
+    hooks: &Hooks,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Generation>, ModelError> {
+    let n = rows.len();
+    let dev = model.device();
     let mut gens: Vec<Generation> = vec![
         Generation {
             tokens: vec![],
             finish: Finish::Length,
         };
-        n_samples
+        n
     ];
-    let mut done = vec![false; n_samples];
-    let mut rows: Vec<Vec<f32>> = vec![last; n_samples];
+    let mut done = vec![false; n];
     for step in 0..params.max_new_tokens {
         // Each sample has its own generator, so drawing them in parallel gives the same
         // tokens as drawing them in turn.
-        let drawn: Vec<Option<u32>> = rows
+        let drawn: Vec<Option<u32>> = logits
             .par_iter()
-            .zip(rngs.par_iter_mut())
+            .zip(rows.par_iter_mut())
             .zip(done.par_iter())
-            .map(|((row, rng), &d)| (!d).then(|| sample_token(row, params, rng)))
+            .map(|((l, row), &d)| (!d).then(|| sample_token(l, params, &mut row.rng)))
             .collect();
-        let mut next = Vec::with_capacity(n_samples);
+        let mut next = Vec::with_capacity(n);
         for (i, tok) in drawn.into_iter().enumerate() {
             let Some(tok) = tok else {
                 // Finished samples keep the batch rectangular; their tokens are ignored.
-                next.push(*prompt.last().unwrap_or(&0));
+                next.push(rows[i].filler);
                 continue;
             };
             if params.stop_ids.contains(&tok) {
@@ -261,10 +391,10 @@ pub fn generate(
         if done.iter().all(|d| *d) || step + 1 == params.max_new_tokens {
             break;
         }
-        let ids = Tensor::from_vec(next, (n_samples, 1), dev)?;
+        let ids = Tensor::from_vec(next, (n, 1), dev)?;
         let out = model.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Last)?;
-        let logits = out.logits.squeeze(1)?.to_dtype(DType::F32)?; // [n, vocab]
-        rows = logits.to_vec2::<f32>()?;
+        let l = out.logits.squeeze(1)?.to_dtype(DType::F32)?; // [n, vocab]
+        logits = l.to_vec2::<f32>()?;
     }
     Ok(gens)
 }

@@ -303,25 +303,36 @@ impl Gpt2 {
         let (b, t) = ids.dims2()?;
         let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
         let mut cache = ActivationCache::default();
-        let tok =
-            self.wte
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, self.cfg.d_model))?;
-        // hook_embed holds token + position embeddings, as in TransformerLens' hook_embed +
-        // hook_pos_embed summed into resid_pre of block 0.
-        let x = match kv.as_ref().and_then(|kv| kv.row_positions(t, offset)) {
-            Some(pos) => {
-                let idx = Tensor::new(pos.as_slice(), &self.device)?;
-                (tok + self
-                    .wpe
-                    .index_select(&idx, 0)?
-                    .reshape((b, t, self.cfg.d_model))?)?
+        let (call, replayed) = super::prefix_memo::begin(ids, kv.as_deref(), hooks)?;
+        let (first, mut resid) = match replayed {
+            Some(start) => start,
+            None => {
+                let tok = self.wte.index_select(&ids.flatten_all()?, 0)?.reshape((
+                    b,
+                    t,
+                    self.cfg.d_model,
+                ))?;
+                // hook_embed holds token + position embeddings, as in TransformerLens'
+                // hook_embed + hook_pos_embed summed into resid_pre of block 0.
+                let x = match kv.as_ref().and_then(|kv| kv.row_positions(t, offset)) {
+                    Some(pos) => {
+                        let idx = Tensor::new(pos.as_slice(), &self.device)?;
+                        (tok + self.wpe.index_select(&idx, 0)?.reshape((
+                            b,
+                            t,
+                            self.cfg.d_model,
+                        ))?)?
+                    }
+                    None => tok.broadcast_add(&self.wpe.narrow(0, offset, t)?)?,
+                }; // [b, t, d]
+                (0, hooks.apply(HookPoint::Embed, x, offset, &mut cache)?)
             }
-            None => tok.broadcast_add(&self.wpe.narrow(0, offset, t)?)?,
-        }; // [b, t, d]
-        let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
+        };
         let mask = super::attention_mask(kv.as_deref(), t, offset, resid.dtype(), &self.device)?;
-        for l in 0..self.cfg.n_layers {
+        for l in first..self.cfg.n_layers {
+            if let Some(c) = &call {
+                c.record(l, &resid);
+            }
             resid = self.block(
                 l,
                 resid,
@@ -332,6 +343,7 @@ impl Gpt2 {
                 &mut cache,
             )?;
         }
+        super::prefix_memo::finish(call, kv);
         let logits = super::logits_at(at, &resid, self.lm_head.dim(0)?, |h| self.unembed_inner(h))?;
         Ok(ForwardOutput { logits, cache })
     }

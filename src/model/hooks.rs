@@ -341,6 +341,8 @@ impl Writer {
 pub struct Hooks {
     readers: BTreeSet<HookPoint>,
     writers: Vec<Writer>,
+    /// Streams shared with other cases of a suite (not a hook: it changes no value).
+    memo: Option<super::prefix_memo::PrefixMemo>,
 }
 
 impl Hooks {
@@ -365,6 +367,23 @@ impl Hooks {
     }
     pub fn is_empty(&self) -> bool {
         self.readers.is_empty() && self.writers.is_empty()
+    }
+    /// Share streams with other cases through `memo` (see [`super::prefix_memo`]).
+    pub fn with_memo(mut self, memo: super::prefix_memo::PrefixMemo) -> Self {
+        self.memo = Some(memo);
+        self
+    }
+    pub(crate) fn memo(&self) -> Option<&super::prefix_memo::PrefixMemo> {
+        self.memo.as_ref()
+    }
+    /// The first block any reader or writer sits in (0 for the embedding), or `None`
+    /// without hooks: blocks before it run as in the unmodified model.
+    pub fn first_block(&self) -> Option<usize> {
+        self.readers
+            .iter()
+            .chain(self.writers.iter().map(|w| &w.point))
+            .map(|p| p.layer().unwrap_or(0))
+            .min()
     }
     pub fn writers(&self) -> &[Writer] {
         &self.writers

@@ -319,13 +319,23 @@ impl Llama {
         let (b, t) = ids.dims2()?;
         let offset = kv.as_ref().map(|k| k.len()).unwrap_or(0);
         let mut cache = ActivationCache::default();
-        let x =
-            self.embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, self.cfg.d_model))?; // [b, t, d]
-        let mut resid = hooks.apply(HookPoint::Embed, x, offset, &mut cache)?;
+        let (call, replayed) = super::prefix_memo::begin(ids, kv.as_deref(), hooks)?;
+        let (first, mut resid) = match replayed {
+            Some(start) => start,
+            None => {
+                let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+                    b,
+                    t,
+                    self.cfg.d_model,
+                ))?; // [b, t, d]
+                (0, hooks.apply(HookPoint::Embed, x, offset, &mut cache)?)
+            }
+        };
         let mask = super::attention_mask(kv.as_deref(), t, offset, resid.dtype(), &self.device)?;
-        for l in 0..self.cfg.n_layers {
+        for l in first..self.cfg.n_layers {
+            if let Some(c) = &call {
+                c.record(l, &resid);
+            }
             resid = self.block(
                 l,
                 resid,
@@ -336,6 +346,7 @@ impl Llama {
                 &mut cache,
             )?;
         }
+        super::prefix_memo::finish(call, kv);
         let logits = super::logits_at(at, &resid, self.cfg.vocab_size, |h| self.unembed_inner(h))?;
         Ok(ForwardOutput { logits, cache })
     }

@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod llama;
 pub mod loaded;
 pub mod ops;
+pub mod prefix_memo;
 pub mod skinny;
 pub mod softmax;
 pub mod source;
@@ -92,6 +93,10 @@ pub struct ForwardOutput {
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     pads: Vec<usize>,
+    /// A hash of the calls and row selections that filled the cache, kept under a
+    /// [`prefix_memo::PrefixMemo`] (0 otherwise): it tells apart calls with the same ids
+    /// on different contexts.
+    lineage: u64,
 }
 
 impl KvCache {
@@ -99,6 +104,7 @@ impl KvCache {
         KvCache {
             layers: vec![None; n_layers],
             pads: Vec::new(),
+            lineage: 0,
         }
     }
 
@@ -112,12 +118,35 @@ impl KvCache {
             } else {
                 pads
             },
+            lineage: 0,
         }
     }
 
     /// Left padding per row (empty: none).
     pub fn pads(&self) -> &[usize] {
         &self.pads
+    }
+
+    pub(crate) fn lineage(&self) -> u64 {
+        self.lineage
+    }
+
+    pub(crate) fn set_lineage(&mut self, key: u64) {
+        self.lineage = key;
+    }
+
+    /// The lineage after an operation `what` with arguments `args` on this cache.
+    fn derived_lineage(&self, what: &str, args: &[usize]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.lineage, what, args).hash(&mut h);
+        h.finish()
+    }
+
+    /// Whether some layers hold positions and others none: the first layers of a call
+    /// replayed from a [`prefix_memo::PrefixMemo`] were never computed.
+    pub(crate) fn has_holes(&self) -> bool {
+        self.layers.iter().any(Option::is_none) && self.layers.iter().any(Option::is_some)
     }
 
     /// Rows `rows` of this cache, in that order (a row may repeat): the choices of
@@ -149,7 +178,11 @@ impl KvCache {
         } else {
             rows.iter().map(|&r| self.pads[r]).collect()
         };
-        Ok(KvCache { layers, pads })
+        Ok(KvCache {
+            layers,
+            pads,
+            lineage: self.derived_lineage("select_rows", rows),
+        })
     }
 
     /// Per-row positions of a call's `t` tokens at `offset` under this cache's padding
@@ -166,11 +199,13 @@ impl KvCache {
         )
     }
 
-    /// Number of positions already cached (the offset of the next call).
+    /// Number of positions already cached (the offset of the next call). Read from the
+    /// first layer that holds any: a replayed call leaves the first layers empty.
     pub fn len(&self) -> usize {
         self.layers
-            .first()
-            .and_then(|l| l.as_ref())
+            .iter()
+            .flatten()
+            .next()
             .map(|(k, _)| k.dims()[2])
             .unwrap_or(0)
     }
@@ -213,11 +248,67 @@ impl KvCache {
         Ok(KvCache {
             layers,
             pads: Vec::new(),
+            lineage: self.derived_lineage("repeat_batch", &[n]),
         })
+    }
+
+    /// Batch-1 caches of different lengths as one left-padded cache, each repeated
+    /// `repeat` times (row `i·repeat + j` is copy `j` of cache `i`): prompts prefilled
+    /// one by one then decode together. Padding keys and values are zeros, which the
+    /// padding mask hides.
+    pub fn stack_left_padded(caches: &[KvCache], repeat: usize) -> candle_core::Result<KvCache> {
+        let Some(first) = caches.first() else {
+            candle_core::bail!("no caches to stack");
+        };
+        if repeat == 0
+            || caches
+                .iter()
+                .any(|c| !c.pads.is_empty() || c.layers.len() != first.layers.len())
+        {
+            candle_core::bail!("stack_left_padded takes unpadded caches of one model, repeat ≥ 1");
+        }
+        let longest = caches.iter().map(KvCache::len).max().unwrap_or(0);
+        let mut pads = Vec::with_capacity(caches.len() * repeat);
+        for c in caches {
+            pads.extend(std::iter::repeat_n(longest - c.len(), repeat));
+        }
+        let mut layers = Vec::with_capacity(first.layers.len());
+        for l in 0..first.layers.len() {
+            let mut ks = Vec::with_capacity(caches.len());
+            let mut vs = Vec::with_capacity(caches.len());
+            for c in caches {
+                let Some((k, v)) = &c.layers[l] else {
+                    candle_core::bail!("stack_left_padded: layer {l} of a cache is empty");
+                };
+                if k.dim(0)? != 1 {
+                    candle_core::bail!("stack_left_padded takes batch-1 caches");
+                }
+                let pad = longest - k.dim(2)?;
+                let padded = |x: &Tensor| -> candle_core::Result<Tensor> {
+                    let x = if pad > 0 {
+                        let (_, h, _, d) = x.dims4()?;
+                        let z = Tensor::zeros((1, h, pad, d), x.dtype(), x.device())?;
+                        Tensor::cat(&[&z, x], 2)?
+                    } else {
+                        x.clone()
+                    };
+                    x.repeat((repeat, 1, 1, 1))
+                };
+                ks.push(padded(k)?);
+                vs.push(padded(v)?);
+            }
+            layers.push(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)));
+        }
+        let mut kv = KvCache::left_padded(first.layers.len(), pads);
+        kv.layers = layers;
+        let parts: Vec<usize> = caches.iter().map(|c| c.lineage as usize).collect();
+        kv.lineage = kv.derived_lineage("stack", &parts);
+        Ok(kv)
     }
 
     /// Keep only the first `len` positions (reuse a shared prefix across requests).
     pub fn truncate(&mut self, len: usize) -> candle_core::Result<()> {
+        self.lineage = self.derived_lineage("truncate", &[len]);
         for l in self.layers.iter_mut() {
             if let Some((k, v)) = l.take() {
                 *l = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));

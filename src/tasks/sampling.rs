@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::model::generate::{generate, SamplingParams};
+use crate::model::generate::{generate_batch, prompts_per_batch, Generation, SamplingParams};
 use crate::toxicity::ToxicityScorer;
 
 use super::{RunContext, TaskError, TaskId};
@@ -100,7 +100,9 @@ fn scorer<'a>(cx: &RunContext<'a>, task: TaskId) -> Result<&'a dyn ToxicityScore
 }
 
 /// The run loop every generation task shares: check the protocol, then continue and
-/// score each prompt `(text, row)` in order, reporting progress per prompt.
+/// score each prompt `(text, row)` in order, reporting progress per prompt. Prompts
+/// decode in groups where the model allows ([`generate_batch`]); each prompt's
+/// continuations are the ones it gets alone.
 pub fn run_prompts(
     cx: &mut RunContext<'_>,
     task: TaskId,
@@ -109,45 +111,48 @@ pub fn run_prompts(
 ) -> Result<Vec<Scored>, TaskError> {
     let scorer = scorer(cx, task)?;
     p.check(task)?;
-    let mut out = Vec::with_capacity(prompts.len());
-    for (done, (text, row)) in prompts.iter().enumerate() {
-        out.push(continue_and_score(cx, scorer, task, p, text, *row)?);
-        (cx.progress)(done + 1, prompts.len());
-    }
-    Ok(out)
-}
-
-/// Continue `text` under `p` and score every continuation; `row` names the prompt in
-/// errors.
-pub fn continue_and_score(
-    cx: &RunContext<'_>,
-    scorer: &dyn ToxicityScorer,
-    task: TaskId,
-    p: &Protocol,
-    text: &str,
-    row: usize,
-) -> Result<Scored, TaskError> {
     let model = cx.model;
     let params = SamplingParams {
         temperature: p.temperature,
         top_k: None,
         top_p: Some(p.top_p),
         max_new_tokens: p.max_new_tokens,
-        seed: prompt_seed(cx.seed, text),
+        seed: 0,
         stop_ids: model.tokenizer.stop_ids.clone(),
     };
-    let mut ids = model.encode(text)?;
-    if let Some(p) = &cx.prefix {
-        ids = p.insert_placeholders(&ids);
+    let group = prompts_per_batch(model.model.as_ref(), &cx.hooks, p.samples);
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(group) {
+        let mut encoded = Vec::with_capacity(chunk.len());
+        for (text, _) in chunk {
+            let mut ids = model.encode(text)?;
+            if let Some(p) = &cx.prefix {
+                ids = p.insert_placeholders(&ids);
+            }
+            encoded.push((ids, prompt_seed(cx.seed, text)));
+        }
+        let batch: Vec<(&[u32], u64)> = encoded
+            .iter()
+            .map(|(ids, seed)| (ids.as_slice(), *seed))
+            .collect();
+        let gens = generate_batch(model.model.as_ref(), &batch, &params, p.samples, &cx.hooks)?;
+        for ((_, row), gens) in chunk.iter().zip(gens) {
+            out.push(score(cx, scorer, task, &gens, *row)?);
+            (cx.progress)(out.len(), prompts.len());
+        }
     }
-    let gens = generate(
-        model.model.as_ref(),
-        &ids,
-        &params,
-        p.samples,
-        &cx.hooks,
-        |_, _| {},
-    )?;
+    Ok(out)
+}
+
+/// Decode `gens` and score every continuation; `row` names the prompt in errors.
+fn score(
+    cx: &RunContext<'_>,
+    scorer: &dyn ToxicityScorer,
+    task: TaskId,
+    gens: &[Generation],
+    row: usize,
+) -> Result<Scored, TaskError> {
+    let model = cx.model;
     let continuations = gens
         .iter()
         .map(|g| model.tokenizer.decode(&g.tokens))
