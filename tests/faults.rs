@@ -31,7 +31,7 @@ fn tiny() -> String {
     common::tiny_gpt2_dir().display().to_string()
 }
 
-/// A suite of 18 parts on the tiny model: the plain model and a fitted steering offset on
+/// A suite of 12 parts on the tiny model: the plain model and a fitted steering offset on
 /// COPA, CrowS-Pairs and RealToxicityPrompts (generation scored by the offline scorer).
 fn suite(dir: &Path, name: &str, extra: &str) -> PathBuf {
     fs::write(
@@ -272,7 +272,7 @@ fn damaged_fixtures_and_data_caches_are_found_by_hash_and_rebuilt() {
         "{err}"
     );
     assert!(
-        text(&o.stdout).contains("(1 parts computed, 17 resumed)"),
+        text(&o.stdout).contains("(1 parts computed, 11 resumed)"),
         "{}",
         text(&o.stdout)
     );
@@ -439,7 +439,7 @@ fn concurrent_runs_into_one_reports_directory_do_not_corrupt_each_other() {
     // A wait for a busy run is the user's choice: run it again now and it resumes.
     let o = run(&a, &root, &h);
     assert!(
-        text(&o.stdout).contains("(0 parts computed, 18 resumed)"),
+        text(&o.stdout).contains("(0 parts computed, 12 resumed)"),
         "{}",
         text(&o.stdout)
     );

@@ -155,7 +155,12 @@ fn a_suite_of_several_models_names_each_models_trials_after_it() {
 #[test]
 fn the_shipped_suites_parse_and_list_their_trials() {
     let root = common::repo_root();
-    for name in ["smoke", "smollm2-detox", "compare-models"] {
+    for name in [
+        "smoke",
+        "smollm2-detox",
+        "smollm2-adversarial",
+        "compare-models",
+    ] {
         let path = root.join(format!("suites/{name}.yaml"));
         let s = Suite::read(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(!s.trial_names().is_empty());

@@ -384,9 +384,11 @@ mod tests {
     use candle_core::{Device, Var};
 
     /// Where the machine has OpenBLAS (CI installs it) the BLAS path must give candle's
-    /// products; without it, it must decline. Tensors autograd tracks, small
-    /// products always take candle's path. One row runs as a matrix-vector product, and
-    /// a width that does not split evenly across threads leaves a short last block.
+    /// products; without it, it must decline. Tensors autograd tracks, and small
+    /// products of many rows, always take candle's path; small products of a few rows
+    /// take the few-row kernel where it runs (so that a row's result never depends on
+    /// the rows beside it). One row runs as a matrix-vector product, and a width that
+    /// does not split evenly across threads leaves a short last block.
     #[test]
     fn blas_products_match_candle_and_autograd_keeps_candles_matmul() {
         let dev = Device::Cpu;
@@ -394,8 +396,16 @@ mod tests {
         let x = Tensor::randn(0f32, 1f32, (70, 576), &dev).unwrap();
         let tracked = Var::from_tensor(&x).unwrap();
         assert!(linear_if_loaded(tracked.as_tensor(), &w).unwrap().is_none());
-        let small = Tensor::ones((1, 8), candle_core::DType::F32, &dev).unwrap();
-        assert!(linear_if_loaded(&small, &small).unwrap().is_none());
+        let one = Tensor::ones((1, 8), candle_core::DType::F32, &dev).unwrap();
+        let many = Tensor::ones((64, 8), candle_core::DType::F32, &dev).unwrap();
+        assert!(linear_if_loaded(&many, &one).unwrap().is_none());
+        match linear_if_loaded(&one, &one).unwrap() {
+            Some(y) => {
+                assert!(super::super::skinny::available());
+                assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![8.0]]);
+            }
+            None => assert!(blas().is_none() || !super::super::skinny::available()),
+        }
         for rows in [1, 3, 70] {
             let x = x.narrow(0, 0, rows).unwrap();
             let Some(y) = linear_if_loaded(&x, &w).unwrap() else {
