@@ -585,7 +585,24 @@ fn batched_prompts_continue_as_each_does_alone() {
             HookPoint::ResidPost(1),
             AddTensor(Tensor::randn(0f32, 2.0, d, &Device::Cpu).unwrap()),
         ));
-        for hooks in [Hooks::new(), steer] {
+        // Edits with products of their own: a LoReFT breaker and a direction ablation.
+        let rand = |shape: &[usize]| Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap();
+        let breaker = scalpel::intervene::Intervention::LowRank {
+            sites: vec![(
+                HookPoint::ResidPost(1),
+                scalpel::intervene::LowRankEdit {
+                    r: rand(&[4, d]),
+                    w: rand(&[4, d]),
+                    b: rand(&[4]),
+                },
+            )],
+        }
+        .hooks()
+        .write(Writer::new(
+            HookPoint::ResidPost(0),
+            scalpel::model::hooks::ProjectOut(rand(&[d])),
+        ));
+        for hooks in [Hooks::new(), steer, breaker] {
             let n = 3;
             let group = prompts_per_batch(m.model.as_ref(), &hooks, n);
             if scalpel::model::blas::rows_independent() {
@@ -668,4 +685,41 @@ fn running_a_span_of_blocks_reproduces_the_full_forward_there() {
     let g = common::tiny_gpt2();
     let ids = g.encode("The mill was built in 1887").unwrap();
     check_forward_blocks(g.model.as_ref(), &ids, 1, 2);
+}
+
+/// Edits with products of their own (a LoReFT breaker, a direction ablation) give each
+/// row the same bits whatever rows run beside it, where the few-row kernel runs: what
+/// decoding prompts together relies on.
+#[test]
+fn edits_give_each_row_the_same_bits_in_any_batch() {
+    use scalpel::model::hooks::{Edit, EditCtx, ProjectOut};
+    if !scalpel::model::blas::rows_independent() {
+        eprintln!("no few-row kernel on this machine: rows may differ in the last bits");
+        return;
+    }
+    let d = 576;
+    let rand = |shape: &[usize]| Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap();
+    let breaker = scalpel::intervene::LowRankEdit {
+        r: rand(&[16, d]),
+        w: rand(&[16, d]),
+        b: rand(&[16]),
+    };
+    let ablate = ProjectOut(rand(&[d]));
+    let x = rand(&[40, 1, d]);
+    let ctx = EditCtx {
+        point: HookPoint::ResidPost(3),
+        offset: 7,
+    };
+    let edits: [&dyn Edit; 2] = [&breaker, &ablate];
+    for e in edits {
+        let all = e.apply(&x, &ctx).unwrap();
+        for m in [1, 2, 3, 10, 25] {
+            let some = e.apply(&x.narrow(0, 0, m).unwrap(), &ctx).unwrap();
+            assert_eq!(
+                common::max_abs_diff(&some, &all.narrow(0, 0, m).unwrap()),
+                0.0,
+                "{m} rows"
+            );
+        }
+    }
 }

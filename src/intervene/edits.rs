@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Result, Tensor, D};
 
 use crate::model::hooks::{Edit, EditCtx};
+use crate::model::ops::linear;
 use crate::model::{HookPoint, Writer};
 
 /// LoReFT (Wu et al. 2024): `h ← h + Rᵀ(W h + b − R h)`, editing `h` only inside the
@@ -51,9 +52,11 @@ impl Edit for LowRankEdit {
         let d = x.dim(D::Minus1)?;
         let lead = x.dims()[..x.rank() - 1].to_vec();
         let flat = x.reshape(((), d))?;
-        // [n, r]: W h + b − R h, then back to [n, d] through Rᵀ.
-        let inner = (flat.matmul(&w.t()?)?.broadcast_add(&b)? - flat.matmul(&r.t()?)?)?;
-        let delta = inner.matmul(&r)?;
+        // [n, r]: W h + b − R h, then back to [n, d] through Rᵀ. Products through
+        // `ops::linear`, so that a row's result does not depend on the rows beside it
+        // where the few-row kernel runs (batched decoding relies on it).
+        let inner = (linear(&flat, &w, Some(&b))? - linear(&flat, &r, None)?)?;
+        let delta = linear(&inner, &r.t()?.contiguous()?, None)?;
         let mut shape = lead;
         shape.push(d);
         (flat + delta)?.reshape(shape)
@@ -144,10 +147,8 @@ impl Edit for LoraAdd {
         let (a, b) = (self.edit.a.to_dtype(dt)?, self.edit.b.to_dtype(dt)?);
         let (bs, t, d_in) = input.dims3()?;
         let flat = input.to_dtype(dt)?.reshape((bs * t, d_in))?;
-        let delta = flat
-            .matmul(&a.t()?)?
-            .matmul(&b.t()?)?
-            .affine(self.edit.scale, 0.0)?;
+        // Through `ops::linear` for the same reason as the LoReFT edit's products.
+        let delta = linear(&linear(&flat, &a, None)?, &b, None)?.affine(self.edit.scale, 0.0)?;
         x + delta.reshape(x.shape())?
     }
 }

@@ -273,7 +273,8 @@ impl Edit for ProjectOut {
         // (h·û) as [.., 1], then subtract (h·û)û.
         let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
         let flat = x.reshape(((), d))?;
-        let coef = flat.matmul(&u.unsqueeze(1)?)?; // [n, 1]
+        // Through `ops::linear`: a row's result must not depend on the rows beside it.
+        let coef = super::ops::linear(&flat, &u.unsqueeze(0)?, None)?; // [n, 1]
         let proj = coef.broadcast_mul(&u.unsqueeze(0)?)?; // [n, d]
         let mut shape = lead;
         shape.push(d);
