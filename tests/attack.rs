@@ -268,7 +268,11 @@ fn tampering_fine_tunes_around_or_into_the_intervention() {
         |_, _, _| {},
     )
     .unwrap();
-    let both = fit_tamper_budgets(m, &iv, &t, &cfg, &[3, 6], |_, _, _| {}).unwrap();
+    let both: Vec<TamperFit> = fit_tamper_budgets(m, &iv, &t, &cfg, &[3, 6], |_, _, _| {})
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let key = |f: &TamperFit| defence_key(&f.adapters).unwrap();
     assert_eq!(key(&both[0]), key(&three));
     assert_eq!(key(&both[1]), key(&fit));

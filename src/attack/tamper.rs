@@ -170,7 +170,7 @@ pub fn fit_tamper(
     progress: impl FnMut(usize, usize, f64),
 ) -> Result<TamperFit, AttackError> {
     let mut fits = fit_tamper_budgets(model, defence, targets, cfg, &[cfg.steps], progress)?;
-    Ok(fits.remove(0))
+    fits.remove(0)
 }
 
 /// One fine-tuning run against `defence`, read off after each of `budgets` steps
@@ -178,7 +178,9 @@ pub fn fit_tamper(
 /// steps, bit for bit, because the batches are drawn in the same seeded order and AdamW
 /// has no schedule that depends on the total. So the budgets of a tamper curve (5, 20,
 /// 50) cost the largest one's steps, not their sum. Fits come back in the order of
-/// `budgets`; each one's `seconds` is the time from the start to its checkpoint.
+/// `budgets`; each one's `seconds` is the time from the start to its checkpoint. A run
+/// whose loss stops being finite keeps the budgets it reached; the later ones are that
+/// error, as their own runs would have been.
 pub fn fit_tamper_budgets(
     model: &LoadedModel,
     defence: &Intervention,
@@ -186,7 +188,7 @@ pub fn fit_tamper_budgets(
     cfg: &TamperConfig,
     budgets: &[usize],
     mut progress: impl FnMut(usize, usize, f64),
-) -> Result<Vec<TamperFit>, AttackError> {
+) -> Result<Vec<Result<TamperFit, AttackError>>, AttackError> {
     if cfg.batch == 0 || (cfg.params == TamperParams::Model && cfg.rank == 0) {
         return Err(AttackError::Invalid(
             "batch (and rank, for model tampering) must be at least 1".into(),
@@ -257,6 +259,7 @@ pub fn fit_tamper_budgets(
     };
     let all: Vec<Var> = iv_vars.values().chain(ad_vars.values()).cloned().collect();
     let mut curve = Vec::with_capacity(last);
+    let mut diverged: Option<String> = None;
     if budgets.contains(&0) || all.is_empty() {
         // Nothing to train (no steps, or an intervention without tensors): every budget
         // is the defended model as it stands.
@@ -287,9 +290,8 @@ pub fn fit_tamper_budgets(
             let loss = mean_nll(model, &tampered_hooks(&iv, &ad), &batch)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
-                return Err(AttackError::Invalid(format!(
-                    "tamper loss became {lv} at step {step}; lower lr"
-                )));
+                diverged = Some(format!("tamper loss became {lv} at step {step}; lower lr"));
+                break;
             }
             opt.backward_step(&loss)?;
             curve.push(lv);
@@ -299,13 +301,16 @@ pub fn fit_tamper_budgets(
             }
         }
     }
-    budgets
+    Ok(budgets
         .iter()
         .map(|b| {
-            checkpoints
-                .get(b)
-                .cloned()
-                .ok_or_else(|| AttackError::Invalid(format!("tamper budget {b} was not reached")))
+            checkpoints.get(b).cloned().ok_or_else(|| {
+                AttackError::Invalid(
+                    diverged
+                        .clone()
+                        .unwrap_or_else(|| format!("tamper budget {b} was not reached")),
+                )
+            })
         })
-        .collect()
+        .collect())
 }

@@ -671,10 +671,19 @@ fn fit_attack(
                             "nll_after": fit.nll_after, "seconds": fit.seconds,
                         })
                     };
-                    for ((k, steps), fit) in todo.iter().zip(&fits).skip(1) {
-                        cache::save(&dir, k, &fit.tensors(), summary(fit, *steps));
+                    let mut fits = fits.into_iter();
+                    let mine = fits
+                        .next()
+                        .ok_or_else(|| fail("no tamper fit came back".into()))?
+                        .map_err(e)?;
+                    // A sibling the run did not reach (its loss diverged) stays uncached
+                    // and reports its own error when its case is fitted.
+                    for ((k, steps), fit) in todo.iter().skip(1).zip(fits) {
+                        if let Ok(fit) = fit {
+                            cache::save(&dir, k, &fit.tensors(), summary(&fit, *steps));
+                        }
                     }
-                    (fits[0].tensors(), summary(&fits[0], cfg.steps))
+                    (mine.tensors(), summary(&mine, cfg.steps))
                 }
             };
             cache::save(&dir, &key, &tensors, summary.clone());
