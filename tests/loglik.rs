@@ -30,6 +30,21 @@ fn fixture() -> Fixture {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+/// Every (context, continuation) of `items`, encoded, in order.
+fn encode_items(
+    m: &scalpel::model::LoadedModel,
+    items: &[(&str, &[&str])],
+) -> Vec<scalpel::score::loglik::EncodedPair> {
+    items
+        .iter()
+        .flat_map(|(c, conts)| {
+            conts
+                .iter()
+                .map(|x| encode_pair(m, &LoglikRequest::new(*c, *x)).unwrap())
+        })
+        .collect()
+}
+
 #[test]
 fn token_split_matches_the_harness() {
     let m = common::smollm2();
@@ -77,7 +92,7 @@ fn logprobs_and_greedy_flags_match_the_harness() {
 fn left_padded_batches_of_items_score_what_each_scores_alone() {
     use scalpel::model::hooks::AddTensor;
     use scalpel::model::{HookPoint, Positions, Writer};
-    use scalpel::score::loglik::{loglikelihood_tokens, EncodedPair};
+    use scalpel::score::loglik::loglikelihood_tokens;
     let items: [(&str, &[&str]); 4] = [
         (
             "The man broke his toe because",
@@ -92,14 +107,7 @@ fn left_padded_batches_of_items_score_what_each_scores_alone() {
     ];
     let tiny = common::tiny_gpt2();
     for m in [common::smollm2(), &tiny] {
-        let pairs: Vec<EncodedPair> = items
-            .iter()
-            .flat_map(|(c, conts)| {
-                conts
-                    .iter()
-                    .map(|x| encode_pair(m, &LoglikRequest::new(*c, *x)).unwrap())
-            })
-            .collect();
+        let pairs = encode_items(m, &items);
         let offset =
             candle_core::Tensor::full(0.25f32, m.model.info().d_model, m.device()).unwrap();
         let steer = Hooks::new().write(Writer::new(
@@ -142,7 +150,7 @@ fn a_case_started_from_recorded_streams_scores_what_it_scores_in_full() {
     use scalpel::model::hooks::AddTensor;
     use scalpel::model::prefix_memo::PrefixMemo;
     use scalpel::model::{HookPoint, KvCache, LogitsAt, Writer};
-    use scalpel::score::loglik::{loglikelihood_tokens, EncodedPair};
+    use scalpel::score::loglik::loglikelihood_tokens;
     let items: [(&str, &[&str]); 3] = [
         (
             "The man broke his toe because",
@@ -153,14 +161,7 @@ fn a_case_started_from_recorded_streams_scores_what_it_scores_in_full() {
     ];
     let tiny = common::tiny_gpt2();
     for (m, s) in [(common::smollm2(), 12), (&tiny, 1)] {
-        let pairs: Vec<EncodedPair> = items
-            .iter()
-            .flat_map(|(c, conts)| {
-                conts
-                    .iter()
-                    .map(|x| encode_pair(m, &LoglikRequest::new(*c, *x)).unwrap())
-            })
-            .collect();
+        let pairs = encode_items(m, &items);
         let memo = PrefixMemo::recorder([s].into());
         let plain =
             loglikelihood_tokens(m, &pairs, 8, &Hooks::new().with_memo(memo.clone())).unwrap();
