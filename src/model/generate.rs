@@ -193,8 +193,11 @@ pub fn generate(
     hooks: &Hooks,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generation>, ModelError> {
+    if prompt.is_empty() {
+        return Err(ModelError::EmptyPrompt);
+    }
+    // As before batching: no samples asked, none drawn, whatever the length.
     if n_samples == 0 {
-        check_prompt(model, prompt, params)?;
         return Ok(vec![]);
     }
     let (kv, last) = prefill(model, prompt, params, hooks)?;
