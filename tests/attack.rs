@@ -61,7 +61,7 @@ fn the_soft_prompt_applies_the_same_across_kv_cache_calls() {
     let m = common::tiny_gpt2();
     let base = m.encode("A quiet street at night, and then").unwrap();
     let prefix = SoftPrefix {
-        embeds: Tensor::randn(0f32, 1.0, (8, 64), &Device::Cpu).unwrap(),
+        embeds: common::seeded_normal(&[8, 64], 1.0, 7),
         start: 2,
     };
     let ids = prefix.insert_placeholders(&base);
@@ -96,7 +96,8 @@ fn targets() -> Vec<Target> {
 
 /// On SmolLM2: a 10-embedding soft prompt fitted for 12 steps against a steering offset
 /// (the attacker adapts to the defence) makes the targets' continuations far more likely
-/// than without it.
+/// than without it. The offset's direction is seeded: CI drew a new one each run, and one
+/// draw in CI left a drop of 0.83 nats where four seeded ones here give 1.5 to 2.3.
 #[test]
 fn fitting_the_soft_prompt_makes_harmful_continuations_likely() {
     let m = common::smollm2();
@@ -114,7 +115,7 @@ fn fitting_the_soft_prompt_makes_harmful_continuations_likely() {
         alpha: 4.0,
         sites: vec![(
             HookPoint::ResidPost(20),
-            Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap(),
+            common::seeded_normal(&[d], 1.0, 20),
         )],
     };
     let fit = fit_embedding_attack(m, &iv, &t, &cfg, |_, _, _| {}).unwrap();
@@ -160,7 +161,7 @@ fn steering(m: &scalpel::model::LoadedModel) -> Intervention {
         alpha: 4.0,
         sites: vec![(
             HookPoint::ResidPost(20),
-            Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap(),
+            common::seeded_normal(&[d], 1.0, 20),
         )],
     }
 }

@@ -84,6 +84,24 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Standard normal values times `std`, the same on every run and machine: the tests that
+/// fit against a random direction must not draw a new one each run (candle's CPU `randn`
+/// is unseeded), or a pass says nothing about the next run.
+pub fn seeded_normal(shape: &[usize], std: f32, seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    // Box-Muller: two uniforms in (0, 1] give one normal.
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let u1 = 1.0 - rng.random::<f64>();
+            let u2 = rng.random::<f64>();
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32 * std
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
 pub fn read_f32_le(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     bytes
