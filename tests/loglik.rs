@@ -140,6 +140,52 @@ fn left_padded_batches_of_items_score_what_each_scores_alone() {
     }
 }
 
+/// Choices that begin alike (CrowS-Pairs' two sentences after an empty context, a first
+/// word in common after a real one) score their common tokens once, from the shared
+/// prefill, and each still scores what it scores as a whole sequence on its own; also
+/// when one choice is the beginning of another, and when the choices differ at once.
+#[test]
+fn choices_that_begin_alike_score_what_each_scores_alone() {
+    use scalpel::score::loglik::loglikelihood_tokens;
+    let items: [(&str, &[&str]); 5] = [
+        (
+            "",
+            &[
+                "The nurse said that she was too tired to finish the shift.",
+                "The nurse said that he was too tired to finish the shift.",
+            ],
+        ),
+        (
+            "",
+            &[
+                "Poor people never work hard.",
+                "Rich people never work hard.",
+            ],
+        ),
+        (
+            "The man broke his toe because",
+            &[" he dropped a hammer.", " he was tired.", " he fell"],
+        ),
+        ("Q: Is water wet?\nA:", &[" yes", " yes, always"]),
+        ("", &["Paris is big.", "Paris is big"]),
+    ];
+    let tiny = common::tiny_gpt2();
+    for m in [common::smollm2(), &tiny] {
+        let pairs = encode_items(m, &items);
+        let together = loglikelihood_tokens(m, &pairs, 8, &Hooks::new()).unwrap();
+        for (k, t) in together.iter().enumerate() {
+            let alone = &loglikelihood_tokens(m, &pairs[k..k + 1], 1, &Hooks::new()).unwrap()[0];
+            assert!(
+                (t.logprob - alone.logprob).abs() < 1e-4
+                    && t.is_greedy == alone.is_greedy
+                    && t.n_tokens == alone.n_tokens,
+                "{} pair {k}: with its item's choices {t:?} vs alone {alone:?}",
+                m.name
+            );
+        }
+    }
+}
+
 /// A case whose writers begin at block `s` scores, starting from the streams the
 /// unmodified case recorded at block `s`, exactly what it scores running every block:
 /// shared contexts (a left-padded prefill, then each choice on the cache) and whole

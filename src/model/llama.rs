@@ -281,7 +281,7 @@ impl Llama {
         let pre = ops::linear(x, &m.gate, None)?; // [b, t, m]
         let pre = hooks.apply(HookPoint::MlpPre(layer), pre, offset, cache)?;
         let up = ops::linear(x, &m.up, None)?;
-        let post = (candle_nn::ops::silu(&pre)? * up)?;
+        let post = super::gated::silu_mul(&pre, &up)?;
         let post = hooks.apply(HookPoint::MlpPost(layer), post, offset, cache)?;
         ops::linear(&post, &m.down, None)
     }

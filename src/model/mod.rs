@@ -8,6 +8,7 @@ pub mod attention;
 pub mod blas;
 pub mod chat;
 pub mod error;
+pub mod gated;
 pub mod gemma3;
 pub mod generate;
 pub mod gguf;

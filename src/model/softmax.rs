@@ -8,7 +8,7 @@
 //! are added in f64, so the normaliser is within about 1e-6 of the exact one.
 
 #[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
+pub(crate) fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
@@ -107,7 +107,7 @@ fn lane_max(row: &[f32]) -> f32 {
 /// with `|r| ≤ ln2 / 2`, a degree-6 polynomial for `exp(r)`, and `2^n` built in the
 /// exponent bits. No branches and no libm call, so a loop over it vectorises.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n·LN2_HI is exact for the n that occur.
     const LN2_HI: f32 = 0.693_145_75;

@@ -132,8 +132,11 @@ pub fn loglikelihood_tokens(
             .map(|p| p.continuation.len())
             .max()
             .unwrap_or(0);
-        // A context of one token (a rolling window's prefix) leaves nothing to share.
-        if j - i > 1 && pairs[i].context.len() > 1 && pairs[i].context.len() + longest <= max_len {
+        // A context of one token (a rolling window's prefix, an empty context's BOS)
+        // leaves nothing to share unless the choices begin alike (CrowS-Pairs' two
+        // sentences, up to the word they differ in).
+        let shareable = pairs[i].context.len() + common_prefix(&pairs[i..j]) > 1;
+        if j - i > 1 && shareable && pairs[i].context.len() + longest <= max_len {
             shared.push(i..j);
         } else {
             plain.extend(i..j);
@@ -151,15 +154,23 @@ pub fn loglikelihood_tokens(
     } else {
         batch_size.max(1)
     };
-    shared.sort_by_key(|g| std::cmp::Reverse(pairs[g.start].context.len()));
+    // The part shared by an item's choices: its context and their common beginning.
+    let shared_len = |g: &std::ops::Range<usize>| {
+        pairs[g.start].context.len() + common_prefix(&pairs[g.clone()])
+    };
+    shared.sort_by_key(|g| std::cmp::Reverse(shared_len(g)));
     for chunk in shared.chunks(per_item) {
-        // Padded to the longest context, the batch must still fit the window with the
-        // longest continuation; if not, its items run alone (each fits by itself).
-        let width = chunk.iter().map(|g| pairs[g.start].context.len()).max();
+        // Padded to the longest shared part, the batch must still fit the window with
+        // the longest rest of a choice; if not, its items run alone (each fits by itself).
+        let width = chunk.iter().map(shared_len).max();
         let longest = chunk
             .iter()
-            .flat_map(|g| &pairs[g.clone()])
-            .map(|p| p.continuation.len())
+            .flat_map(|g| {
+                let n = common_prefix(&pairs[g.clone()]);
+                pairs[g.clone()]
+                    .iter()
+                    .map(move |p| p.continuation.len() - n)
+            })
             .max();
         let fits = width.zip(longest).is_some_and(|(w, l)| w + l <= max_len);
         for items in chunk.chunks(if fits { chunk.len() } else { 1 }) {
@@ -180,11 +191,30 @@ pub fn loglikelihood_tokens(
     Ok(out.into_iter().flatten().collect())
 }
 
-/// Items `items` (each a run of pairs sharing a context), scored together. Each
-/// context minus its last token fills a row of one left-padded KV cache; each choice
-/// then continues from its item's row with `[last context token] + continuation[..-1]`,
-/// whose logits are exactly the ones that predict the continuation. Returns the pairs'
-/// scores in the order of `items`.
+/// How many tokens every continuation of `group` begins with, short of the whole of
+/// any: each choice keeps at least one token predicted from the shared part.
+fn common_prefix(group: &[EncodedPair]) -> usize {
+    let Some((first, rest)) = group.split_first() else {
+        return 0;
+    };
+    let shortest = group
+        .iter()
+        .map(|p| p.continuation.len())
+        .min()
+        .unwrap_or(0);
+    rest.iter().fold(shortest.saturating_sub(1), |n, p| {
+        let same = first.continuation.iter().zip(&p.continuation);
+        n.min(same.take_while(|(a, b)| a == b).count())
+    })
+}
+
+/// Items `items` (each a run of pairs sharing a context), scored together. An item's
+/// shared part is its context and the tokens all its choices begin with; that part
+/// minus its last token fills a row of one left-padded KV cache, and the logits that
+/// predict the choices' common tokens come from this prefill, once for all of them.
+/// Each choice then continues from its item's row with `[last shared token]` and the
+/// rest of its continuation but the last token, whose logits are exactly the ones that
+/// predict that rest. Returns the pairs' scores in the order of `items`.
 fn score_shared_contexts(
     model: &LoadedModel,
     pairs: &[EncodedPair],
@@ -193,24 +223,50 @@ fn score_shared_contexts(
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     let m = model.model.as_ref();
     let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let prefixes: Vec<&[u32]> = items
+    let common: Vec<usize> = items
         .iter()
-        .map(|g| {
-            let ctx = &pairs[g.start].context;
-            &ctx[..ctx.len() - 1]
+        .map(|g| common_prefix(&pairs[g.clone()]))
+        .collect();
+    let shared: Vec<Vec<u32>> = items
+        .iter()
+        .zip(&common)
+        .map(|(g, &n)| {
+            let p = &pairs[g.start];
+            p.context
+                .iter()
+                .chain(&p.continuation[..n])
+                .copied()
+                .collect()
         })
         .collect();
-    let width = prefixes.iter().map(|p| p.len()).max().unwrap_or(0);
-    let pads: Vec<usize> = prefixes.iter().map(|p| width - p.len()).collect();
-    let mut kv = KvCache::left_padded(m.info().n_layers, pads);
+    let width = shared.iter().map(|p| p.len() - 1).max().unwrap_or(0);
+    let pads: Vec<usize> = shared.iter().map(|p| width + 1 - p.len()).collect();
+    let mut kv = KvCache::left_padded(m.info().n_layers, pads.clone());
+    // Per item, the scores of its choices' common tokens.
+    let mut heads: Vec<Vec<(f64, bool)>> = vec![Vec::new(); items.len()];
     if width > 0 {
         let mut flat = Vec::with_capacity(items.len() * width);
-        for p in &prefixes {
-            flat.extend(std::iter::repeat_n(pad, width - p.len()));
-            flat.extend_from_slice(p);
+        for (p, &padding) in shared.iter().zip(&pads) {
+            flat.extend(std::iter::repeat_n(pad, padding));
+            flat.extend_from_slice(&p[..p.len() - 1]);
         }
         let ids = Tensor::from_vec(flat, (items.len(), width), m.device())?;
-        m.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Skip)?;
+        // Common token q of item r sits at shared index c + q (c its context's length),
+        // predicted by the position before it.
+        let runs: Vec<(usize, &[u32])> = items
+            .iter()
+            .zip(&common)
+            .zip(&pads)
+            .map(|((g, &n), &padding)| {
+                let p = &pairs[g.start];
+                (padding + p.context.len() - 1, &p.continuation[..n])
+            })
+            .collect();
+        if common.iter().any(|&n| n > 0) {
+            heads = score_runs(m, &ids, Some(&mut kv), hooks, &runs)?;
+        } else {
+            m.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Skip)?;
+        }
     }
     let rows: Vec<usize> = items
         .iter()
@@ -218,36 +274,50 @@ fn score_shared_contexts(
         .flat_map(|(r, g)| std::iter::repeat_n(r, g.len()))
         .collect();
     let mut kv = kv.select_rows(&rows)?;
-    let chosen: Vec<&EncodedPair> = items.iter().flat_map(|g| &pairs[g.clone()]).collect();
+    let chosen: Vec<(&[u32], &[u32])> = items
+        .iter()
+        .zip(&common)
+        .zip(&shared)
+        .flat_map(|((g, &n), s)| {
+            pairs[g.clone()]
+                .iter()
+                .map(move |p| (&s[s.len() - 1..], &p.continuation[n..]))
+        })
+        .collect();
     let seqs: Vec<Vec<u32>> = chosen
         .iter()
-        .map(|p| {
-            let (ctx, cont) = (&p.context, &p.continuation);
-            std::iter::once(ctx[ctx.len() - 1])
-                .chain(cont[..cont.len() - 1].iter().copied())
+        .map(|(last, rest)| {
+            last.iter()
+                .chain(&rest[..rest.len() - 1])
+                .copied()
                 .collect()
         })
         .collect();
     // Right padding: under the causal mask no real position sees it, and it gets no
     // logits.
     let ids = pad_right(&seqs, pad, m.device())?;
-    let runs: Vec<(usize, &[u32])> = chosen
+    let runs: Vec<(usize, &[u32])> = chosen.iter().map(|(_, rest)| (0, *rest)).collect();
+    let tails = score_runs(m, &ids, Some(&mut kv), hooks, &runs)?;
+    Ok(rows
         .iter()
-        .map(|p| (0, p.continuation.as_slice()))
-        .collect();
-    score_runs(m, &ids, Some(&mut kv), hooks, &runs)
+        .zip(tails)
+        .map(|(&r, tail)| {
+            let whole: Vec<(f64, bool)> = heads[r].iter().copied().chain(tail).collect();
+            response(&whole)
+        })
+        .collect())
 }
 
-/// Scores of one continuation per row of `ids`: `(start, cont)` says that the logits at
-/// positions `start .. start + cont.len()` of the row predict `cont`. Only those
-/// positions are unembedded.
+/// Per-token scores of one continuation per row of `ids`: `(start, cont)` says that
+/// the logits at positions `start .. start + cont.len()` of the row predict `cont`.
+/// Only those positions are unembedded.
 fn score_runs(
     m: &dyn crate::model::Transformer,
     ids: &Tensor,
     kv: Option<&mut KvCache>,
     hooks: &Hooks,
     runs: &[(usize, &[u32])],
-) -> Result<Vec<LoglikResponse>, ModelError> {
+) -> Result<Vec<Vec<(f64, bool)>>, ModelError> {
     let width = ids.dim(1)?;
     let rows: Vec<u32> = runs
         .iter()
@@ -297,14 +367,17 @@ fn score_batch(
         .zip(conts)
         .map(|(whole, cont)| (whole.len() - cont.len(), cont))
         .collect();
-    score_runs(m, &ids, None, hooks, &runs)
+    Ok(score_runs(m, &ids, None, hooks, &runs)?
+        .iter()
+        .map(|per_token| response(per_token))
+        .collect())
 }
 
-/// Summed log-probability of `cont` under `rows` `[n, vocab]`, and whether each token
+/// Log-probability of each token of `cont` under `rows` `[n, vocab]`, and whether it
 /// was the argmax (the first maximum, as an argmax picks). One pass per row for the
 /// maximum and one for the normaliser, rows in parallel: a full `log_softmax` would
 /// write and reread `n × vocab` values to use `n`.
-fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<LoglikResponse, ModelError> {
+fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<Vec<(f64, bool)>, ModelError> {
     use rayon::prelude::*;
     let vocab = rows.dim(D::Minus1)?;
     if !rows.device().is_cpu() {
@@ -323,7 +396,7 @@ fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<LoglikResponse, ModelError>
         .zip(cont.par_iter())
         .map(|(row, &target)| score_row(row, target as usize))
         .collect();
-    Ok(response(&per_row))
+    Ok(per_row)
 }
 
 /// A continuation's score from its tokens' (log-probability, is argmax).
