@@ -214,7 +214,7 @@ fn common_prefix(group: &[EncodedPair]) -> usize {
 /// predict the choices' common tokens come from this prefill, once for all of them.
 /// Each choice then continues from its item's row with `[last shared token]` and the
 /// rest of its continuation but the last token, whose logits are exactly the ones that
-/// predict that rest. Returns the pairs' scores in the order of `items`.
+/// predict that rest; choices whose rests have one length run together. Returns the pairs' scores in the order of `items`.
 fn score_shared_contexts(
     model: &LoadedModel,
     pairs: &[EncodedPair],
@@ -273,7 +273,6 @@ fn score_shared_contexts(
         .enumerate()
         .flat_map(|(r, g)| std::iter::repeat_n(r, g.len()))
         .collect();
-    let mut kv = kv.select_rows(&rows)?;
     let chosen: Vec<(&[u32], &[u32])> = items
         .iter()
         .zip(&common)
@@ -284,20 +283,36 @@ fn score_shared_contexts(
                 .map(move |p| (&s[s.len() - 1..], &p.continuation[n..]))
         })
         .collect();
-    let seqs: Vec<Vec<u32>> = chosen
-        .iter()
-        .map(|(last, rest)| {
-            last.iter()
-                .chain(&rest[..rest.len() - 1])
-                .copied()
-                .collect()
-        })
-        .collect();
-    // Right padding: under the causal mask no real position sees it, and it gets no
-    // logits.
-    let ids = pad_right(&seqs, pad, m.device())?;
-    let runs: Vec<(usize, &[u32])> = chosen.iter().map(|(_, rest)| (0, *rest)).collect();
-    let tails = score_runs(m, &ids, Some(&mut kv), hooks, &runs)?;
+    // The choices continue in one call per length, so that no row is padded: BBQ's
+    // twelve answers run from one to four tokens, and padding them to the longest made
+    // a third of the continuation pass.
+    let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (c, (_, rest)) in chosen.iter().enumerate() {
+        by_len.entry(rest.len()).or_default().push(c);
+    }
+    let mut tails: Vec<Vec<(f64, bool)>> = vec![Vec::new(); chosen.len()];
+    for group in by_len.values() {
+        let item_rows: Vec<usize> = group.iter().map(|&c| rows[c]).collect();
+        let mut kv = kv.select_rows(&item_rows)?;
+        let seqs: Vec<Vec<u32>> = group
+            .iter()
+            .map(|&c| {
+                let (last, rest) = chosen[c];
+                last.iter()
+                    .chain(&rest[..rest.len() - 1])
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let ids = pad_right(&seqs, pad, m.device())?;
+        let runs: Vec<(usize, &[u32])> = group.iter().map(|&c| (0, chosen[c].1)).collect();
+        for (&c, tail) in group
+            .iter()
+            .zip(score_runs(m, &ids, Some(&mut kv), hooks, &runs)?)
+        {
+            tails[c] = tail;
+        }
+    }
     Ok(rows
         .iter()
         .zip(tails)
