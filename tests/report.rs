@@ -312,3 +312,64 @@ fn the_report_renders_its_charts_in_chromium_and_compare_flags_a_regression() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("nope"), "{}", text(&bad.stderr));
 }
+
+/// A suite's traces are fixtures: a second run of the same build, model and trace spec
+/// copies the cached trace instead of tracing again (shown by a marker planted in the
+/// cache), and another seed traces anew.
+#[test]
+fn suite_traces_are_cached_as_fixtures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let home = common::fresh_home(dir);
+    let suite = |seed: u64| {
+        let p = dir.join(format!("trace-{seed}.yaml"));
+        fs::write(
+            &p,
+            format!(
+                "name: traced\nseed: {seed}\ninterventions:\n  - {{name: none}}\n\
+                 tasks:\n  - {{task: copa, limit: 4}}\n\
+                 gates:\n  - {{task: copa, metric: acc, within: [0.0, 1.0]}}\n\
+                 traces:\n  - {{prompt: \"The Eiffel Tower is in the city of\", subject: Eiffel Tower, samples: 2}}\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let run = |suite: &Path, runs: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_scalpel"))
+            .args(["test", suite.to_str().unwrap(), "--model"])
+            .arg(common::tiny_gpt2_dir())
+            .args(["--device", "cpu", "--runs"])
+            .arg(dir.join(runs))
+            .env("SCALPEL_HOME", &home)
+            .output()
+            .unwrap();
+        // The four-item gate is underpowered (101); the run and its trace are stored.
+        assert_eq!(
+            o.status.code(),
+            Some(101),
+            "{}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        fs::read_to_string(only_run(&dir.join(runs)).join("traces/0.json")).unwrap()
+    };
+    let first = run(&suite(0), "a");
+    assert!(first.contains("\"effect\""), "{first}");
+    let cache = home.join("fixtures/traces");
+    let entries: Vec<PathBuf> = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        fs::read_to_string(entries[0].join("trace.json")).unwrap(),
+        first
+    );
+    let marker = "{\"planted\": true}";
+    fs::write(entries[0].join("trace.json"), marker).unwrap();
+    assert_eq!(run(&suite(0), "b"), marker);
+    let other = run(&suite(1), "c");
+    assert!(other.contains("\"effect\""), "{other}");
+    assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
+}

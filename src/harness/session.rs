@@ -72,7 +72,7 @@ pub fn run_stored(
     let out = run(suite, model, sel, Some(&dir), &mut progress)?;
     // Traces describe the model, not the items: the first shard draws them.
     if sel.shard.is_none_or(|s| s.index == 1) {
-        traces(suite, model, &dir, &mut progress)?;
+        traces(suite, model, &inputs, &dir, &mut progress)?;
     }
     let info = RunInfo {
         model_name: model.name.clone(),
@@ -196,12 +196,44 @@ pub fn run_models(
     })
 }
 
+/// Where a suite trace is cached among the fixtures: its result depends only on the
+/// code (the executable's hash), the weights, the device, the spec and the seed, so a
+/// second run of the suite on the same build reads it back instead of tracing again
+/// (the main job's two traces took 55 s of its 17 minutes).
+fn trace_fixture(inputs: &RunInputs<'_>, spec: &super::suite::TraceSpec, seed: u64) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        "suite-trace-1",
+        inputs.build,
+        inputs.model_fingerprint,
+        inputs.model_name,
+        inputs.device,
+        &spec.prompt,
+        &spec.subject,
+        spec.target.as_deref().unwrap_or("\u{0}greedy"),
+        &spec.kind,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update((spec.samples as u64).to_le_bytes());
+    h.update(seed.to_le_bytes());
+    let key = format!("{:x}", h.finalize());
+    crate::assets::scalpel_home()
+        .join("fixtures")
+        .join("traces")
+        .join(&key[..32])
+}
+
 /// The suite's causal traces of the unmodified model, each saved as `traces/<i>.json`
 /// (ROME's JSON) and `traces/<i>.svg` (its heatmap, drawn in the report); a trace the
-/// run directory already holds is not run again.
+/// run directory already holds is not run again, and one the fixture cache holds
+/// ([`trace_fixture`]) is copied from there.
 fn traces(
     suite: &Suite,
     model: &LoadedModel,
+    inputs: &RunInputs<'_>,
     dir: &RunDir,
     progress: &mut impl FnMut(RunProgress),
 ) -> Result<(), HarnessError> {
@@ -216,6 +248,13 @@ fn traces(
     for (i, t) in suite.traces.iter().enumerate() {
         let (json, svg) = (sub.join(format!("{i}.json")), sub.join(format!("{i}.svg")));
         if json.exists() && svg.exists() {
+            continue;
+        }
+        let cached = trace_fixture(inputs, t, suite.seed);
+        let (cached_json, cached_svg) = (cached.join("trace.json"), cached.join("trace.svg"));
+        if let (Ok(body), Ok(doc)) = (std::fs::read(&cached_json), std::fs::read(&cached_svg)) {
+            store::write_atomic(&json, &body).map_err(store_err("traces"))?;
+            store::write_atomic(&svg, &doc).map_err(store_err("traces"))?;
             continue;
         }
         let fail = |message: String| HarnessError::Trace { index: i, message };
@@ -247,6 +286,12 @@ fn traces(
         let body = serde_json::to_vec_pretty(&r).map_err(|e| fail(e.to_string()))?;
         store::write_atomic(&json, &body).map_err(store_err("traces"))?;
         store::write_atomic(&svg, doc.as_bytes()).map_err(store_err("traces"))?;
+        // The svg last: a cache entry is whole only when both files are there.
+        std::fs::create_dir_all(&cached)
+            .map_err(store::io_err(&cached))
+            .map_err(store_err("trace fixture"))?;
+        store::write_atomic(&cached_json, &body).map_err(store_err("trace fixture"))?;
+        store::write_atomic(&cached_svg, doc.as_bytes()).map_err(store_err("trace fixture"))?;
     }
     Ok(())
 }
