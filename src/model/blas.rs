@@ -278,6 +278,23 @@ impl OutPtr {
     }
 }
 
+/// The elements of two contiguous f32 CPU operands of the CPU ops here (`op` names the
+/// op in the error).
+pub(crate) fn f32_operands<'a>(
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32])> {
+    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+        candle_core::bail!("{op}: f32 operands only, got {:?}", s1.dtype());
+    };
+    let (Some((ao, ae)), Some((bo, be))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{op}: operands must be contiguous");
+    };
+    Ok((&a[ao..ae], &b[bo..be]))
+}
+
 impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
         "blas-linear"
@@ -290,16 +307,9 @@ impl CustomOp2 for LinearOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("blas-linear: f32 operands only, got {:?}", s1.dtype());
-        };
-        let (Some((xo, xe)), Some((wo, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("blas-linear: operands must be contiguous");
-        };
+        let (x, w) = f32_operands(self.name(), (s1, l1), (s2, l2))?;
         let (m, k) = l1.shape().dims2()?;
         let (n, _) = l2.shape().dims2()?;
-        let (x, w) = (&x[xo..xe], &w[wo..we]);
         let blas = blas().ok_or_else(|| candle_core::Error::Msg("BLAS went away".into()))?;
         // Not zeroed: with beta = 0 BLAS writes every element without reading it, and
         // zeroing a `[positions, vocab]` output first was a serial pass over it.

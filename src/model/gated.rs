@@ -8,7 +8,7 @@
 //! (within 2 ulp of libm) so that it vectorises. Autograd inputs, other dtypes and
 //! devices take candle's form; both compute the same function (tested below).
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::softmax::exp_nonpositive;
@@ -45,14 +45,7 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else {
-            candle_core::bail!("silu-mul: f32 operands only, got {:?}", s1.dtype());
-        };
-        let (Some((go, ge)), Some((uo, ue))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("silu-mul: operands must be contiguous");
-        };
-        let (g, u) = (&g[go..ge], &u[uo..ue]);
+        let (g, u) = super::blas::f32_operands(self.name(), (s1, l1), (s2, l2))?;
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))

@@ -135,9 +135,13 @@ pub fn loglikelihood_tokens(
         // A context of one token (a rolling window's prefix, an empty context's BOS)
         // leaves nothing to share unless the choices begin alike (CrowS-Pairs' two
         // sentences, up to the word they differ in).
-        let shareable = pairs[i].context.len() + common_prefix(&pairs[i..j]) > 1;
+        let common = common_prefix(&pairs[i..j]);
+        let shareable = pairs[i].context.len() + common > 1;
         if j - i > 1 && shareable && pairs[i].context.len() + longest <= max_len {
-            shared.push(i..j);
+            shared.push(Item {
+                pairs: i..j,
+                common,
+            });
         } else {
             plain.extend(i..j);
         }
@@ -155,9 +159,7 @@ pub fn loglikelihood_tokens(
         batch_size.max(1)
     };
     // The part shared by an item's choices: its context and their common beginning.
-    let shared_len = |g: &std::ops::Range<usize>| {
-        pairs[g.start].context.len() + common_prefix(&pairs[g.clone()])
-    };
+    let shared_len = |g: &Item| pairs[g.pairs.start].context.len() + g.common;
     shared.sort_by_key(|g| std::cmp::Reverse(shared_len(g)));
     for chunk in shared.chunks(per_item) {
         // Padded to the longest shared part, the batch must still fit the window with
@@ -166,16 +168,15 @@ pub fn loglikelihood_tokens(
         let longest = chunk
             .iter()
             .flat_map(|g| {
-                let n = common_prefix(&pairs[g.clone()]);
-                pairs[g.clone()]
+                pairs[g.pairs.clone()]
                     .iter()
-                    .map(move |p| p.continuation.len() - n)
+                    .map(|p| p.continuation.len() - g.common)
             })
             .max();
         let fits = width.zip(longest).is_some_and(|(w, l)| w + l <= max_len);
         for items in chunk.chunks(if fits { chunk.len() } else { 1 }) {
             let scored = score_shared_contexts(model, pairs, items, hooks)?;
-            for (k, r) in items.iter().flat_map(|g| g.clone()).zip(scored) {
+            for (k, r) in items.iter().flat_map(|g| g.pairs.clone()).zip(scored) {
                 out[k] = Some(r);
             }
         }
@@ -208,30 +209,34 @@ fn common_prefix(group: &[EncodedPair]) -> usize {
     })
 }
 
-/// Items `items` (each a run of pairs sharing a context), scored together. An item's
-/// shared part is its context and the tokens all its choices begin with; that part
-/// minus its last token fills a row of one left-padded KV cache, and the logits that
-/// predict the choices' common tokens come from this prefill, once for all of them.
-/// Each choice then continues from its item's row with `[last shared token]` and the
-/// rest of its continuation but the last token, whose logits are exactly the ones that
-/// predict that rest; choices whose rests have one length run together. Returns the pairs' scores in the order of `items`.
+/// A multiple-choice item: its pairs (one context) and how many tokens all their
+/// continuations begin with ([`common_prefix`]).
+struct Item {
+    pairs: std::ops::Range<usize>,
+    common: usize,
+}
+
+/// Items `items`, scored together. An item's shared part is its context and the tokens
+/// all its choices begin with; that part minus its last token fills a row of one
+/// left-padded KV cache, and the logits that predict the choices' common tokens come
+/// from this prefill, once for all of them. Each choice then continues from its item's
+/// row with `[last shared token]` and the rest of its continuation but the last token,
+/// whose logits are exactly the ones that predict that rest; choices whose rests have
+/// one length run together. Returns the pairs' scores in the order of `items`.
 fn score_shared_contexts(
     model: &LoadedModel,
     pairs: &[EncodedPair],
-    items: &[std::ops::Range<usize>],
+    items: &[Item],
     hooks: &Hooks,
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     let m = model.model.as_ref();
     let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let common: Vec<usize> = items
-        .iter()
-        .map(|g| common_prefix(&pairs[g.clone()]))
-        .collect();
+    let common: Vec<usize> = items.iter().map(|g| g.common).collect();
     let shared: Vec<Vec<u32>> = items
         .iter()
         .zip(&common)
         .map(|(g, &n)| {
-            let p = &pairs[g.start];
+            let p = &pairs[g.pairs.start];
             p.context
                 .iter()
                 .chain(&p.continuation[..n])
@@ -258,7 +263,7 @@ fn score_shared_contexts(
             .zip(&common)
             .zip(&pads)
             .map(|((g, &n), &padding)| {
-                let p = &pairs[g.start];
+                let p = &pairs[g.pairs.start];
                 (padding + p.context.len() - 1, &p.continuation[..n])
             })
             .collect();
@@ -271,14 +276,14 @@ fn score_shared_contexts(
     let rows: Vec<usize> = items
         .iter()
         .enumerate()
-        .flat_map(|(r, g)| std::iter::repeat_n(r, g.len()))
+        .flat_map(|(r, g)| std::iter::repeat_n(r, g.pairs.len()))
         .collect();
     let chosen: Vec<(&[u32], &[u32])> = items
         .iter()
         .zip(&common)
         .zip(&shared)
         .flat_map(|((g, &n), s)| {
-            pairs[g.clone()]
+            pairs[g.pairs.clone()]
                 .iter()
                 .map(move |p| (&s[s.len() - 1..], &p.continuation[n..]))
         })
