@@ -231,15 +231,13 @@ fn score_shared_contexts(
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     let m = model.model.as_ref();
     let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let common: Vec<usize> = items.iter().map(|g| g.common).collect();
     let shared: Vec<Vec<u32>> = items
         .iter()
-        .zip(&common)
-        .map(|(g, &n)| {
+        .map(|g| {
             let p = &pairs[g.pairs.start];
             p.context
                 .iter()
-                .chain(&p.continuation[..n])
+                .chain(&p.continuation[..g.common])
                 .copied()
                 .collect()
         })
@@ -260,14 +258,13 @@ fn score_shared_contexts(
         // predicted by the position before it.
         let runs: Vec<(usize, &[u32])> = items
             .iter()
-            .zip(&common)
             .zip(&pads)
-            .map(|((g, &n), &padding)| {
+            .map(|(g, &padding)| {
                 let p = &pairs[g.pairs.start];
-                (padding + p.context.len() - 1, &p.continuation[..n])
+                (padding + p.context.len() - 1, &p.continuation[..g.common])
             })
             .collect();
-        if common.iter().any(|&n| n > 0) {
+        if items.iter().any(|g| g.common > 0) {
             heads = score_runs(m, &ids, Some(&mut kv), hooks, &runs)?;
         } else {
             m.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Skip)?;
@@ -280,12 +277,11 @@ fn score_shared_contexts(
         .collect();
     let chosen: Vec<(&[u32], &[u32])> = items
         .iter()
-        .zip(&common)
         .zip(&shared)
-        .flat_map(|((g, &n), s)| {
+        .flat_map(|(g, s)| {
             pairs[g.pairs.clone()]
                 .iter()
-                .map(move |p| (&s[s.len() - 1..], &p.continuation[n..]))
+                .map(move |p| (&s[s.len() - 1..], &p.continuation[g.common..]))
         })
         .collect();
     // The choices continue in one call per length, so that no row is padded: BBQ's
