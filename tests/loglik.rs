@@ -257,3 +257,62 @@ fn a_case_started_from_recorded_streams_scores_what_it_scores_in_full() {
         assert!(e.contains("prefix memo"), "{e}");
     }
 }
+
+/// Items whose contexts begin alike (BBQ's questions on one context, and its
+/// disambiguated context, which begins with the ambiguous one) prefill that stem once,
+/// continue it per item, and each choice still scores what it scores alone as a whole
+/// sequence: with choices that share their first tokens (predicted after the stem) and
+/// beside an item without a stem; on SmolLM2 and GPT-2, also when the case starts from
+/// streams an unmodified case recorded.
+#[test]
+fn items_that_share_a_stem_score_what_each_scores_alone() {
+    use scalpel::model::hooks::AddTensor;
+    use scalpel::model::prefix_memo::PrefixMemo;
+    use scalpel::model::{HookPoint, Writer};
+    use scalpel::score::loglik::loglikelihood_tokens;
+    let ctx = "I saw a grandson and their grandfather last week outside the Walmart trying \
+               to book a cab on Uber.";
+    let q1 = format!("{ctx}\n\nQ: Who was not comfortable using the phone?\nA:");
+    let q2 = format!(
+        "{ctx}\n\nQ: Who was giving the other the opportunity to learn how to use the phone?\nA:"
+    );
+    let q3 = format!(
+        "{ctx} The grandson was struggling with the app.\n\nQ: Who was not comfortable using \
+         the phone?\nA:"
+    );
+    let answers: &[&str] = &[" The grandfather", " The grandson", " Unknown"];
+    let items: [(&str, &[&str]); 4] = [
+        (&q1, answers),
+        (
+            "The man broke his toe because",
+            &[" he dropped a hammer.", " he was tired."],
+        ),
+        (&q2, answers),
+        (&q3, &[" Cannot be determined", " The grandson"]),
+    ];
+    let tiny = common::tiny_gpt2();
+    for (m, s) in [(common::smollm2(), 12), (&tiny, 1)] {
+        let pairs = encode_items(m, &items);
+        let memo = PrefixMemo::recorder([s].into());
+        let together =
+            loglikelihood_tokens(m, &pairs, 8, &Hooks::new().with_memo(memo.clone())).unwrap();
+        for (k, t) in together.iter().enumerate() {
+            let alone = &loglikelihood_tokens(m, &pairs[k..k + 1], 1, &Hooks::new()).unwrap()[0];
+            assert!(
+                (t.logprob - alone.logprob).abs() < 1e-4
+                    && t.is_greedy == alone.is_greedy
+                    && t.n_tokens == alone.n_tokens,
+                "{} pair {k}: beside its stem group {t:?} vs alone {alone:?}",
+                m.name
+            );
+        }
+        let v = candle_core::Tensor::full(0.5f32, m.model.info().d_model, m.device()).unwrap();
+        let steer = Hooks::new().write(Writer::new(HookPoint::ResidPost(s), AddTensor(v)));
+        let full = loglikelihood_tokens(m, &pairs, 8, &steer).unwrap();
+        let replayer = memo.replayer(s);
+        let replayed =
+            loglikelihood_tokens(m, &pairs, 8, &steer.clone().with_memo(replayer.clone())).unwrap();
+        assert!(replayer.replayed() > 0, "{}: nothing replayed", m.name);
+        assert_eq!(replayed, full, "{}", m.name);
+    }
+}

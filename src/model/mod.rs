@@ -307,6 +307,67 @@ impl KvCache {
         Ok(kv)
     }
 
+    /// One left-padded cache whose row `i` holds the real positions of row `rows[i].1` of
+    /// cache `rows[i].0`: rows that grew from one prefix by continuations of different
+    /// lengths (each length its own call) continue together again. A row's keys and
+    /// values depend only on its own tokens and their positions counted from its first
+    /// real token, so moving them to another padding changes nothing they compute.
+    /// Layers that a replayed call left empty stay empty; they must be so in every source.
+    pub fn gather_left_padded(rows: &[(&KvCache, usize)]) -> candle_core::Result<KvCache> {
+        let Some(&(first, _)) = rows.first() else {
+            candle_core::bail!("no rows to gather");
+        };
+        let n_layers = first.layers.len();
+        let mut real = Vec::with_capacity(rows.len());
+        for &(c, r) in rows {
+            let pad = if c.pads.is_empty() { 0 } else { c.pads[r] };
+            if c.layers.len() != n_layers || pad > c.len() {
+                candle_core::bail!("gather_left_padded takes rows of caches of one model");
+            }
+            real.push((pad, c.len() - pad));
+        }
+        let longest = real.iter().map(|&(_, n)| n).max().unwrap_or(0);
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let filled = rows.iter().filter(|(c, _)| c.layers[l].is_some()).count();
+            if filled == 0 {
+                layers.push(None);
+                continue;
+            }
+            if filled != rows.len() {
+                candle_core::bail!("gather_left_padded: layer {l} is empty in some rows only");
+            }
+            let mut ks = Vec::with_capacity(rows.len());
+            let mut vs = Vec::with_capacity(rows.len());
+            for (&(c, r), &(pad, n)) in rows.iter().zip(&real) {
+                let Some((k, v)) = &c.layers[l] else {
+                    unreachable!("checked above")
+                };
+                let moved = |x: &Tensor| -> candle_core::Result<Tensor> {
+                    let x = x.narrow(0, r, 1)?.narrow(2, pad, n)?;
+                    if n == longest {
+                        return Ok(x);
+                    }
+                    let (_, h, _, d) = x.dims4()?;
+                    let z = Tensor::zeros((1, h, longest - n, d), x.dtype(), x.device())?;
+                    Tensor::cat(&[&z, &x], 2)
+                };
+                ks.push(moved(k)?);
+                vs.push(moved(v)?);
+            }
+            layers.push(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)));
+        }
+        let mut kv =
+            KvCache::left_padded(n_layers, real.iter().map(|&(_, n)| longest - n).collect());
+        kv.layers = layers;
+        let parts: Vec<usize> = rows
+            .iter()
+            .flat_map(|&(c, r)| [c.lineage as usize, r])
+            .collect();
+        kv.lineage = kv.derived_lineage("gather", &parts);
+        Ok(kv)
+    }
+
     /// Keep only the first `len` positions (reuse a shared prefix across requests).
     pub fn truncate(&mut self, len: usize) -> candle_core::Result<()> {
         self.lineage = self.derived_lineage("truncate", &[len]);

@@ -141,6 +141,7 @@ pub fn loglikelihood_tokens(
             shared.push(Item {
                 pairs: i..j,
                 common,
+                stem: 0,
             });
         } else {
             plain.extend(i..j);
@@ -160,10 +161,24 @@ pub fn loglikelihood_tokens(
     };
     // The part shared by an item's choices: its context and their common beginning.
     let shared_len = |g: &Item| pairs[g.pairs.start].context.len() + g.common;
-    shared.sort_by_key(|g| std::cmp::Reverse(shared_len(g)));
-    for chunk in shared.chunks(per_item) {
+    // Stem groups stay whole in a batch (one item per batch shares nothing).
+    let mut groups = if per_item > 1 {
+        stem_groups(pairs, shared)
+    } else {
+        shared.into_iter().map(|g| vec![g]).collect()
+    };
+    groups.sort_by_key(|g| std::cmp::Reverse(g.iter().map(shared_len).max()));
+    let mut chunks: Vec<Vec<Item>> = Vec::new();
+    for group in groups {
+        match chunks.last_mut() {
+            Some(c) if c.len() + group.len() <= per_item => c.extend(group),
+            _ => chunks.push(group),
+        }
+    }
+    for chunk in &chunks {
         // Padded to the longest shared part, the batch must still fit the window with
-        // the longest rest of a choice; if not, its items run alone (each fits by itself).
+        // the longest rest of a choice, and padded to the longest stem with the longest
+        // rest of a shared part; if not, its items run alone (each fits by itself).
         let width = chunk.iter().map(shared_len).max();
         let longest = chunk
             .iter()
@@ -173,7 +188,25 @@ pub fn loglikelihood_tokens(
                     .map(|p| p.continuation.len() - g.common)
             })
             .max();
-        let fits = width.zip(longest).is_some_and(|(w, l)| w + l <= max_len);
+        let stems = chunk
+            .iter()
+            .map(|g| {
+                if g.stem > 0 {
+                    g.stem
+                } else {
+                    shared_len(g) - 1
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        let grown = chunk
+            .iter()
+            .filter(|g| g.stem > 0)
+            .map(|g| shared_len(g) - 1 - g.stem)
+            .max()
+            .unwrap_or(0);
+        let fits =
+            width.zip(longest).is_some_and(|(w, l)| w + l <= max_len) && stems + grown <= max_len;
         for items in chunk.chunks(if fits { chunk.len() } else { 1 }) {
             let scored = score_shared_contexts(model, pairs, items, hooks)?;
             for (k, r) in items.iter().flat_map(|g| g.pairs.clone()).zip(scored) {
@@ -209,20 +242,72 @@ fn common_prefix(group: &[EncodedPair]) -> usize {
     })
 }
 
-/// A multiple-choice item: its pairs (one context) and how many tokens all their
-/// continuations begin with ([`common_prefix`]).
+/// A multiple-choice item: its pairs (one context), how many tokens all their
+/// continuations begin with ([`common_prefix`]), and how many tokens its context shares
+/// with the other items of its stem group ([`stem_groups`]; 0 when it has none).
 struct Item {
     pairs: std::ops::Range<usize>,
     common: usize,
+    stem: usize,
+}
+
+/// The fewest tokens worth prefilling once for several items: below this the extra
+/// calls a stem costs outweigh what it saves.
+const MIN_STEM: usize = 16;
+
+/// Items whose contexts begin with the same tokens (BBQ's questions on one context, and
+/// its disambiguated contexts, which begin with the ambiguous one) share that
+/// beginning, their *stem*, which runs once for all of them. Items are ordered by their
+/// shared parts so that neighbours share most; a run of neighbours forms a group while
+/// the stem all share stays at least [`MIN_STEM`] tokens and short of every member's
+/// context (the tokens that predict the choices stay each item's own). Returns the
+/// groups, each item's `stem` set (0 for an item alone).
+fn stem_groups(pairs: &[EncodedPair], mut items: Vec<Item>) -> Vec<Vec<Item>> {
+    let tokens = |g: &Item| -> Vec<u32> {
+        let p = &pairs[g.pairs.start];
+        p.context
+            .iter()
+            .chain(&p.continuation[..g.common])
+            .copied()
+            .collect()
+    };
+    let mut keyed: Vec<(Vec<u32>, Item)> = items.drain(..).map(|g| (tokens(&g), g)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let room = |g: &Item| pairs[g.pairs.start].context.len().saturating_sub(1);
+    let mut groups: Vec<Vec<Item>> = Vec::new();
+    let mut lead: Option<(Vec<u32>, usize)> = None;
+    for (t, mut g) in keyed {
+        let shared = lead.as_ref().map_or(0, |(first, stem)| {
+            let same = first.iter().zip(&t).take_while(|(a, b)| a == b).count();
+            same.min(*stem).min(room(&g))
+        });
+        match (lead.as_mut(), groups.last_mut()) {
+            (Some((_, stem)), Some(group)) if shared >= MIN_STEM => {
+                *stem = shared;
+                g.stem = shared;
+                group.push(g);
+                group.iter_mut().for_each(|m| m.stem = shared);
+            }
+            _ => {
+                lead = Some((t, room(&g)));
+                g.stem = 0;
+                groups.push(vec![g]);
+            }
+        }
+    }
+    groups
 }
 
 /// Items `items`, scored together. An item's shared part is its context and the tokens
 /// all its choices begin with; that part minus its last token fills a row of one
 /// left-padded KV cache, and the logits that predict the choices' common tokens come
-/// from this prefill, once for all of them. Each choice then continues from its item's
-/// row with `[last shared token]` and the rest of its continuation but the last token,
-/// whose logits are exactly the ones that predict that rest; choices whose rests have
-/// one length run together. Returns the pairs' scores in the order of `items`.
+/// from this prefill, once for all of them. Items of one stem group ([`stem_groups`],
+/// consecutive in `items`) prefill their stem once and continue it with the rest of
+/// their shared part, one call per length, before their rows join the others'. Each
+/// choice then continues from its item's row with `[last shared token]` and the rest of
+/// its continuation but the last token, whose logits are exactly the ones that predict
+/// that rest; choices whose rests have one length run together. Returns the pairs'
+/// scores in the order of `items`.
 fn score_shared_contexts(
     model: &LoadedModel,
     pairs: &[EncodedPair],
@@ -242,33 +327,124 @@ fn score_shared_contexts(
                 .collect()
         })
         .collect();
-    let width = shared.iter().map(|p| p.len() - 1).max().unwrap_or(0);
-    let pads: Vec<usize> = shared.iter().map(|p| width + 1 - p.len()).collect();
+    // The prefill's rows: one per stem group (its stem) and one per item without a stem
+    // (its shared part but the last token). `row_of[r]` is item r's row.
+    let mut prefill: Vec<&[u32]> = Vec::new();
+    let mut row_of = Vec::with_capacity(items.len());
+    for (r, (g, s)) in items.iter().zip(&shared).enumerate() {
+        let same_stem = r > 0
+            && g.stem > 0
+            && items[r - 1].stem == g.stem
+            && shared[r - 1][..g.stem] == s[..g.stem];
+        if !same_stem {
+            prefill.push(if g.stem > 0 {
+                &s[..g.stem]
+            } else {
+                &s[..s.len() - 1]
+            });
+        }
+        row_of.push(prefill.len() - 1);
+    }
+    let width = prefill.iter().map(|p| p.len()).max().unwrap_or(0);
+    let pads: Vec<usize> = prefill.iter().map(|p| width - p.len()).collect();
     let mut kv = KvCache::left_padded(m.info().n_layers, pads.clone());
     // Per item, the scores of its choices' common tokens.
     let mut heads: Vec<Vec<(f64, bool)>> = vec![Vec::new(); items.len()];
+    // Common token q of item r sits at shared index c + q (c its context's length),
+    // predicted by the position before it; `at(r, first)` places that run for a call
+    // whose first token is shared index `first`.
+    let at = |r: usize, first: usize| {
+        let p = &pairs[items[r].pairs.start];
+        (
+            p.context.len() - 1 - first,
+            &p.continuation[..items[r].common],
+        )
+    };
     if width > 0 {
-        let mut flat = Vec::with_capacity(items.len() * width);
-        for (p, &padding) in shared.iter().zip(&pads) {
+        let mut flat = Vec::with_capacity(prefill.len() * width);
+        for (p, &padding) in prefill.iter().zip(&pads) {
             flat.extend(std::iter::repeat_n(pad, padding));
-            flat.extend_from_slice(&p[..p.len() - 1]);
+            flat.extend_from_slice(p);
         }
-        let ids = Tensor::from_vec(flat, (items.len(), width), m.device())?;
-        // Common token q of item r sits at shared index c + q (c its context's length),
-        // predicted by the position before it.
-        let runs: Vec<(usize, &[u32])> = items
-            .iter()
-            .zip(&pads)
-            .map(|(g, &padding)| {
-                let p = &pairs[g.pairs.start];
-                (padding + p.context.len() - 1, &p.continuation[..g.common])
-            })
-            .collect();
-        if items.iter().any(|g| g.common > 0) {
-            heads = score_runs(m, &ids, Some(&mut kv), hooks, &runs)?;
+        let ids = Tensor::from_vec(flat, (prefill.len(), width), m.device())?;
+        // Only items without a stem predict their common tokens in this call, each
+        // from its own row.
+        let mut alone_at: Vec<Option<usize>> = vec![None; prefill.len()];
+        for (r, g) in items.iter().enumerate() {
+            if g.stem == 0 {
+                alone_at[row_of[r]] = Some(r);
+            }
+        }
+        if alone_at.iter().flatten().any(|&r| items[r].common > 0) {
+            let runs: Vec<(usize, &[u32])> = alone_at
+                .iter()
+                .zip(&pads)
+                .map(|(&r, &padding)| match r {
+                    Some(r) => {
+                        let (start, cont) = at(r, 0);
+                        (padding + start, cont)
+                    }
+                    None => (0, &[][..]),
+                })
+                .collect();
+            let scored = score_runs(m, &ids, Some(&mut kv), hooks, &runs)?;
+            for (&r, scored) in alone_at.iter().zip(scored) {
+                if let Some(r) = r {
+                    heads[r] = scored;
+                }
+            }
         } else {
             m.forward_at(&ids, Some(&mut kv), hooks, LogitsAt::Skip)?;
         }
+    }
+    // Items with a stem continue it with the rest of their shared part but its last
+    // token, in one call per length of that rest, then all rows join in one cache.
+    if items.iter().any(|g| g.stem > 0) {
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (r, g) in items.iter().enumerate() {
+            if g.stem > 0 {
+                by_len
+                    .entry(shared[r].len() - 1 - g.stem)
+                    .or_default()
+                    .push(r);
+            }
+        }
+        let mut grown: Vec<(KvCache, Vec<usize>)> = Vec::new();
+        for (&len, group) in &by_len {
+            if len == 0 {
+                continue;
+            }
+            let stem_rows: Vec<usize> = group.iter().map(|&r| row_of[r]).collect();
+            let mut rest_kv = kv.select_rows(&stem_rows)?;
+            let seqs: Vec<Vec<u32>> = group
+                .iter()
+                .map(|&r| shared[r][items[r].stem..shared[r].len() - 1].to_vec())
+                .collect();
+            let ids = pad_right(&seqs, pad, m.device())?;
+            if group.iter().any(|&r| items[r].common > 0) {
+                let runs: Vec<(usize, &[u32])> =
+                    group.iter().map(|&r| at(r, items[r].stem)).collect();
+                for (&r, scored) in
+                    group
+                        .iter()
+                        .zip(score_runs(m, &ids, Some(&mut rest_kv), hooks, &runs)?)
+                {
+                    heads[r] = scored;
+                }
+            } else {
+                m.forward_at(&ids, Some(&mut rest_kv), hooks, LogitsAt::Skip)?;
+            }
+            grown.push((rest_kv, group.clone()));
+        }
+        let source: Vec<(&KvCache, usize)> = (0..items.len())
+            .map(|r| {
+                grown
+                    .iter()
+                    .find_map(|(c, group)| group.iter().position(|&x| x == r).map(|j| (c, j)))
+                    .unwrap_or((&kv, row_of[r]))
+            })
+            .collect();
+        kv = KvCache::gather_left_padded(&source)?;
     }
     let rows: Vec<usize> = items
         .iter()
@@ -430,4 +606,56 @@ fn score_row(row: &[f32], target: usize) -> (f64, bool) {
     let x = row[target];
     let greedy = x == max && !row[..target].contains(&max);
     ((x - max) as f64 - lse, greedy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(pairs: &[EncodedPair], k: usize, n: usize) -> Item {
+        Item {
+            pairs: k..k + n,
+            common: common_prefix(&pairs[k..k + n]),
+            stem: 0,
+        }
+    }
+
+    /// Items whose contexts begin alike for at least `MIN_STEM` tokens group, with the
+    /// stem they all share, short of each member's last context token; others stay alone.
+    #[test]
+    fn items_group_by_the_stem_their_contexts_share() {
+        let base: Vec<u32> = (100..120).collect();
+        let ctx = |tail: &[u32]| base.iter().chain(tail).copied().collect::<Vec<u32>>();
+        let pair = |context: Vec<u32>, c: u32| EncodedPair {
+            context,
+            continuation: vec![c],
+        };
+        let pairs = vec![
+            pair(ctx(&[1, 2]), 5),
+            pair(ctx(&[1, 2]), 6),
+            pair(ctx(&[3]), 5),
+            pair(ctx(&[3]), 6),
+            // Shares 18 tokens with the others, one short of its own context's end.
+            pair(base[..19].to_vec(), 5),
+            pair(base[..19].to_vec(), 6),
+            // Shares 10: alone.
+            pair(base[..10].iter().chain(&[9, 9, 9]).copied().collect(), 5),
+            pair(base[..10].iter().chain(&[9, 9, 9]).copied().collect(), 6),
+        ];
+        let items: Vec<Item> = [0, 2, 4, 6].iter().map(|&k| item(&pairs, k, 2)).collect();
+        let groups = stem_groups(&pairs, items);
+        let mut shapes: Vec<(Vec<usize>, usize)> = groups
+            .iter()
+            .map(|g| {
+                let mut starts: Vec<usize> = g.iter().map(|i| i.pairs.start).collect();
+                starts.sort();
+                (starts, g[0].stem)
+            })
+            .collect();
+        shapes.sort();
+        assert_eq!(shapes, vec![(vec![0, 2, 4], 18), (vec![6], 0)]);
+        for g in &groups {
+            assert!(g.iter().all(|i| i.stem == g[0].stem));
+        }
+    }
 }
