@@ -138,6 +138,30 @@ fn fitting_the_soft_prompt_makes_harmful_continuations_likely() {
     // The soft prompt is no token: its embeddings left the vocabulary's.
     let norm = fit.prefix.embeds.sqr().unwrap().sum(D::Minus1).unwrap();
     assert!(norm.to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
+    // The attacker keeps the best prompt it scored on all its targets, never one worse
+    // than where it began, also when a step size far too large throws Adam off course.
+    assert!(
+        (fit.nll_after - with).abs() < 1e-3,
+        "{} vs {with}",
+        fit.nll_after
+    );
+    let wild = EmbeddingAttackConfig {
+        lr: 3.0,
+        steps: 5,
+        ..cfg
+    };
+    let fit = fit_embedding_attack(m, &iv, &t, &wild, |_, _, _| {}).unwrap();
+    let with = target_nll(m, &iv, Some(&fit.prefix), &t, 8).unwrap();
+    eprintln!(
+        "lr 3: before {:.3}, kept {:.3}, curve {:?}",
+        fit.nll_before, fit.nll_after, fit.curve
+    );
+    assert!(fit.nll_after <= fit.nll_before, "{fit:?}");
+    assert!(
+        (fit.nll_after - with).abs() < 1e-3,
+        "{} vs {with}",
+        fit.nll_after
+    );
 }
 
 /// A token attack runs as a soft prompt of its tokens' embeddings: exactly the input the

@@ -137,12 +137,21 @@ impl Default for EmbeddingAttackConfig {
 #[derive(Debug, Clone)]
 pub struct AttackFit {
     pub prefix: SoftPrefix,
-    /// Mean target negative log-likelihood per token at each step.
+    /// Mean target negative log-likelihood per token of each step's minibatch.
     pub curve: Vec<f64>,
-    /// The same without the attack (the soft prompt's initial value), for reference.
+    /// The same over all targets without the attack (the soft prompt's initial value).
     pub nll_before: f64,
+    /// The same over all targets under the returned prompt: the best of the checkpoints.
+    pub nll_after: f64,
     pub seconds: f64,
 }
+
+/// Steps between the checkpoints at which the attacker scores its soft prompt on all
+/// its targets and keeps the best. Adam at a high rate can climb out of a good prompt
+/// (one fit against a steering offset went from 4.6 to 11.6 nats mid-run and ended at
+/// 6.4, above where it began), and an attacker who kept such a prompt would make the
+/// defence look stronger than it is.
+const CHECK_EVERY: usize = 5;
 
 /// Fit a soft prompt of `cfg.positions` embeddings against `model` under `defence` (the
 /// intervention under test; [`Intervention::None`] for the unprotected model) that
@@ -207,6 +216,7 @@ pub fn fit_embedding_attack(
     let began = Instant::now();
     let mut batches = Batches::new(all.len(), &mut rng);
     let mut curve = Vec::with_capacity(cfg.steps);
+    let mut best = (nll_before, init.detach());
     for step in 0..cfg.steps {
         let batch = batches.next(cfg.batch, &mut rng);
         let loss = nll(soft.as_tensor(), &batch)?;
@@ -219,14 +229,22 @@ pub fn fit_embedding_attack(
         }
         curve.push(lv);
         progress(step + 1, cfg.steps, lv);
+        if (step + 1) % CHECK_EVERY == 0 || step + 1 == cfg.steps {
+            let now = soft.as_tensor().detach();
+            let score = nll(&now, &all)?.to_scalar::<f32>()? as f64;
+            if score < best.0 {
+                best = (score, now);
+            }
+        }
     }
     Ok(AttackFit {
         prefix: SoftPrefix {
-            embeds: soft.as_tensor().detach(),
+            embeds: best.1,
             start,
         },
         curve,
         nll_before,
+        nll_after: best.0,
         seconds: began.elapsed().as_secs_f64(),
     })
 }

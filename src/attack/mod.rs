@@ -55,7 +55,7 @@ impl AttackConfig {
 }
 
 /// Bumped when fitting code changes what an attack fit produces from the same inputs.
-pub const ATTACK_REVISION: u32 = 2;
+pub const ATTACK_REVISION: u32 = 3;
 
 /// A stable identity of an intervention's effect (its kind, strength and tensors), for
 /// keying attacks fitted against it.

@@ -622,8 +622,7 @@ fn fit_attack(
                     let t = BTreeMap::from([("embeds".to_string(), fit.prefix.embeds.clone())]);
                     let s = serde_json::json!({
                         "kind": "embedding", "start": fit.prefix.start, "curve": fit.curve,
-                        "nll_before": fit.nll_before,
-                        "nll_after": fit.curve.last().copied().unwrap_or(fit.nll_before),
+                        "nll_before": fit.nll_before, "nll_after": fit.nll_after,
                         "seconds": fit.seconds,
                     });
                     (t, s)
