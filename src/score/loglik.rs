@@ -251,6 +251,18 @@ struct Item {
     stem: usize,
 }
 
+impl Item {
+    /// The part its choices share: its context and their common beginning.
+    fn shared_tokens(&self, pairs: &[EncodedPair]) -> Vec<u32> {
+        let p = &pairs[self.pairs.start];
+        p.context
+            .iter()
+            .chain(&p.continuation[..self.common])
+            .copied()
+            .collect()
+    }
+}
+
 /// The fewest tokens worth prefilling once for several items: below this the extra
 /// calls a stem costs outweigh what it saves.
 const MIN_STEM: usize = 16;
@@ -263,15 +275,10 @@ const MIN_STEM: usize = 16;
 /// context (the tokens that predict the choices stay each item's own). Returns the
 /// groups, each item's `stem` set (0 for an item alone).
 fn stem_groups(pairs: &[EncodedPair], mut items: Vec<Item>) -> Vec<Vec<Item>> {
-    let tokens = |g: &Item| -> Vec<u32> {
-        let p = &pairs[g.pairs.start];
-        p.context
-            .iter()
-            .chain(&p.continuation[..g.common])
-            .copied()
-            .collect()
-    };
-    let mut keyed: Vec<(Vec<u32>, Item)> = items.drain(..).map(|g| (tokens(&g), g)).collect();
+    let mut keyed: Vec<(Vec<u32>, Item)> = items
+        .drain(..)
+        .map(|g| (g.shared_tokens(pairs), g))
+        .collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     let room = |g: &Item| pairs[g.pairs.start].context.len().saturating_sub(1);
     let mut groups: Vec<Vec<Item>> = Vec::new();
@@ -316,17 +323,7 @@ fn score_shared_contexts(
 ) -> Result<Vec<LoglikResponse>, ModelError> {
     let m = model.model.as_ref();
     let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let shared: Vec<Vec<u32>> = items
-        .iter()
-        .map(|g| {
-            let p = &pairs[g.pairs.start];
-            p.context
-                .iter()
-                .chain(&p.continuation[..g.common])
-                .copied()
-                .collect()
-        })
-        .collect();
+    let shared: Vec<Vec<u32>> = items.iter().map(|g| g.shared_tokens(pairs)).collect();
     // The prefill's rows: one per stem group (its stem) and one per item without a stem
     // (its shared part but the last token). `row_of[r]` is item r's row.
     let mut prefill: Vec<&[u32]> = Vec::new();
