@@ -24,27 +24,40 @@
 /// 4–8 rows two to three times OpenBLAS, level at about 48 rows.
 pub(crate) const MAX_ROWS: usize = 40;
 
-/// Whether [`linear`] runs on this CPU.
-pub(crate) fn available() -> bool {
+/// The instruction sets a kernel is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The kernels this CPU runs, widest first.
+fn kernels() -> Vec<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| has_avx512() || has_avx2())
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        [(avx512, Isa::Avx512), (avx2, Isa::Avx2)]
+            .into_iter()
+            .filter_map(|(has, isa)| has.then_some(isa))
+            .collect()
     }
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    Vec::new()
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
+/// The kernel [`linear`] runs: the widest this CPU has, detected once.
+fn chosen() -> Option<Isa> {
+    use std::sync::OnceLock;
+    static CHOSEN: OnceLock<Option<Isa>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| kernels().first().copied())
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// Whether [`linear`] runs on this CPU.
+pub(crate) fn available() -> bool {
+    chosen().is_some()
 }
 
 /// `out[i][j] = x[i] · w[j]` for `i < m`, `j < n`: `x` is `[m, k]` (row stride `k`),
@@ -54,6 +67,20 @@ fn has_avx2() -> bool {
 /// [`available`] must be true; the pointers must address matrices of those shapes and
 /// `out` must not be read or written by anyone else meanwhile.
 pub(crate) unsafe fn linear(
+    shape: (usize, usize, usize),
+    x: *const f32,
+    w: *const f32,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let isa = chosen().expect("skinny::linear runs only where available() holds");
+    linear_in(isa, shape, x, w, out, ldo)
+}
+
+/// [`linear`] in the kernel for `isa`, which must be one of [`kernels`] (the tests run
+/// each kernel the CPU has, not only the widest).
+unsafe fn linear_in(
+    isa: Isa,
     (m, n, k): (usize, usize, usize),
     x: *const f32,
     w: *const f32,
@@ -61,19 +88,14 @@ pub(crate) unsafe fn linear(
     ldo: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static WIDE: OnceLock<bool> = OnceLock::new();
-        if *WIDE.get_or_init(has_avx512) {
-            avx512::linear((m, n, k), x, w, out, ldo)
-        } else {
-            avx2::linear((m, n, k), x, w, out, ldo)
-        }
+    match isa {
+        Isa::Avx512 => avx512::linear((m, n, k), x, w, out, ldo),
+        Isa::Avx2 => avx2::linear((m, n, k), x, w, out, ldo),
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = ((m, n, k), x, w, out, ldo);
-        unreachable!("skinny::linear runs only where available() holds")
+        let _ = (isa, (m, n, k), x, w, out, ldo);
+        unreachable!("no kernel is compiled for this architecture")
     }
 }
 
@@ -401,10 +423,15 @@ mod tests {
     /// relies on this).
     #[test]
     fn each_output_has_the_same_bits_in_any_tile() {
-        if !available() {
+        if kernels().is_empty() {
             eprintln!("no AVX-512 or AVX2 on this CPU: the kernel does not run here");
-            return;
         }
+        for isa in kernels() {
+            same_bits_in_any_tile(isa);
+        }
+    }
+
+    fn same_bits_in_any_tile(isa: Isa) {
         let (m, n, k) = (40, 11, 577);
         let mut seed = 3u32;
         let mut next = || {
@@ -415,12 +442,13 @@ mod tests {
         let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
         let mut all = vec![0f32; m * n];
         // SAFETY: x is m×k, w is n×k, all is m×n.
-        unsafe { linear((m, n, k), x.as_ptr(), w.as_ptr(), all.as_mut_ptr(), n) };
+        unsafe { linear_in(isa, (m, n, k), x.as_ptr(), w.as_ptr(), all.as_mut_ptr(), n) };
         for i in 0..m {
             let mut row = vec![0f32; n];
             // SAFETY: one row of x against all of w into n outputs.
             unsafe {
-                linear(
+                linear_in(
+                    isa,
                     (1, n, k),
                     x[i * k..].as_ptr(),
                     w.as_ptr(),
@@ -434,7 +462,8 @@ mod tests {
             let mut col = vec![0f32; m];
             // SAFETY: all of x against one weight row, one output per row.
             unsafe {
-                linear(
+                linear_in(
+                    isa,
                     (m, 1, k),
                     x.as_ptr(),
                     w[j * k..].as_ptr(),
@@ -453,10 +482,15 @@ mod tests {
     /// chunk, and an output stride wider than `n` (a column block of a larger output).
     #[test]
     fn skinny_products_match_the_definition() {
-        if !available() {
+        if kernels().is_empty() {
             eprintln!("no AVX-512 or AVX2 on this CPU: the kernel does not run here");
-            return;
         }
+        for isa in kernels() {
+            products_match_the_definition(isa);
+        }
+    }
+
+    fn products_match_the_definition(isa: Isa) {
         let mut seed = 1u32;
         let mut next = || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -477,7 +511,16 @@ mod tests {
             let ldo = n + 3;
             let mut out = vec![f32::NAN; m * ldo];
             // SAFETY: x is m×k, w is n×k, out is m×ldo with ldo ≥ n.
-            unsafe { linear((m, n, k), x.as_ptr(), w.as_ptr(), out.as_mut_ptr(), ldo) };
+            unsafe {
+                linear_in(
+                    isa,
+                    (m, n, k),
+                    x.as_ptr(),
+                    w.as_ptr(),
+                    out.as_mut_ptr(),
+                    ldo,
+                )
+            };
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = (0..k)

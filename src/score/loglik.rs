@@ -291,7 +291,6 @@ fn stem_groups(pairs: &[EncodedPair], mut items: Vec<Item>) -> Vec<Vec<Item>> {
         match (lead.as_mut(), groups.last_mut()) {
             (Some((_, stem)), Some(group)) if shared >= MIN_STEM => {
                 *stem = shared;
-                g.stem = shared;
                 group.push(g);
                 group.iter_mut().for_each(|m| m.stem = shared);
             }
