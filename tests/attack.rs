@@ -534,6 +534,11 @@ fn misfitting_attack_and_group_fields_are_suite_errors() {
             "{task: copa, metric: acc, non_inferiority: 0.1, per_group: true}",
             "gates[0].per_group: copa has no groups",
         ),
+        (
+            "  - {name: a, kind: tamper, min_progress: -0.1, targets: {task: realtoxicityprompts}}",
+            "{task: copa, metric: acc, non_inferiority: 0.1, attack: a}",
+            "attacks[0]: min_progress must be a number of nats per token, at least 0",
+        ),
     ] {
         let text = format!("{head}attacks:\n{attacks}\ngates:\n  - {gate}\n");
         std::fs::write(&suite, &text).unwrap();
@@ -542,4 +547,85 @@ fn misfitting_attack_and_group_fields_are_suite_errors() {
             .to_string();
         assert!(e.contains(want), "{attacks} / {gate}: {e}");
     }
+}
+
+/// A defence never passes because its attacker failed: a gate under an attack whose fit
+/// did not lower its targets' NLL by the attack's `min_progress` is inconclusive (the
+/// run exits 101 and says why), while the same fit held to a bar it clears passes.
+#[test]
+fn a_gate_under_an_attack_that_did_not_take_is_inconclusive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("fit.yaml"),
+        "kind: offset\nsites: [blocks.1.hook_resid_post]\n\
+         harmful: [{task: realtoxicityprompts, limit: 6}]\n\
+         harmless: [{task: lambada_openai, limit: 6}]\nmax_tokens: 16\noffset: {alpha: 0.25}\n",
+    )
+    .unwrap();
+    let suite = dir.join("took.yaml");
+    // The same tamper fit (one cache key) under two names: held to no bar, and to a drop
+    // of 100 nats per token that no fit reaches.
+    let tamper = "kind: tamper, steps: 3, lr: 0.01, rank: 2, \
+                  targets: {task: realtoxicityprompts, limit: 6}";
+    std::fs::write(
+        &suite,
+        format!(
+            "name: took\n\
+             interventions:\n  - {{name: none}}\n  - {{name: steer, fit: fit.yaml}}\n\
+             attacks:\n  - {{name: easy, {tamper}, min_progress: 0}}\n\
+             \x20 - {{name: hard, {tamper}, min_progress: 100}}\n\
+             tasks:\n  - {{task: copa, limit: 8}}\n\
+             gates:\n\
+             \x20 - {{task: copa, metric: acc, non_inferiority: 1.0, attack: easy}}\n\
+             \x20 - {{task: copa, metric: acc, non_inferiority: 1.0, attack: hard}}\n"
+        ),
+    )
+    .unwrap();
+    let home = common::fresh_home(dir);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_scalpel"))
+        .args(["test", suite.to_str().unwrap(), "--model"])
+        .arg(common::tiny_gpt2_dir())
+        .args(["--device", "cpu", "--runs"])
+        .arg(dir.join("runs"))
+        .env("SCALPEL_HOME", &home)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(101), "{out}\n{err}");
+    assert!(
+        out.contains("steer@easy::copa::acc ... ok")
+            && out.contains("steer@hard::copa::acc ... FAILED")
+            && out.contains("inconclusive: the attack did not take"),
+        "{out}"
+    );
+    let run_dir = std::fs::read_dir(dir.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let r = scalpel::store::tables::Run::read(&run_dir).unwrap();
+    let verdict = |trial: &str| {
+        r.verdicts
+            .iter()
+            .find(|v| v.trial == trial)
+            .unwrap_or_else(|| panic!("no verdict {trial}"))
+            .clone()
+    };
+    let (easy, hard) = (
+        verdict("steer@easy::copa::acc"),
+        verdict("steer@hard::copa::acc"),
+    );
+    // Same fit, same items, same statistics: only the bar differs.
+    assert_eq!(easy.estimate, hard.estimate);
+    assert_eq!(easy.outcome, "pass", "{easy:?}");
+    assert_eq!(hard.outcome, "inconclusive", "{hard:?}");
+    let why = hard.message.unwrap_or_default();
+    assert!(
+        why.contains("did not take") && why.contains("needs at least 100"),
+        "{why}"
+    );
+    let page = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(page.contains("badge inconclusive"), "no inconclusive badge");
 }

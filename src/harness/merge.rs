@@ -220,7 +220,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(RunOutput, Stored), Harnes
             here((g.case(iv), g.task)) && (level || here((g.case(&suite.reference), g.task)))
         })
         .collect();
-    let trials = verdicts(&suite, &wanted, &reports, &failed);
+    let trials = verdicts(&suite, &wanted, &reports, &failed, &attacks);
     let manifests = first.run.manifests().map_err(store_err(&first.dir))?;
     for (stage, v) in &first.run.meta {
         if let Some(fit) = stage.strip_prefix("seconds.fit ") {

@@ -5,6 +5,7 @@
 //! model, one fit per intervention, one task run per intervention × task) and tests every
 //! selected gate; [`trials`] prints the verdicts and writes JUnit.
 
+pub mod attack_check;
 pub mod merge;
 pub mod parts;
 pub mod record;

@@ -123,6 +123,7 @@ pub fn write(
                     Some(Outcome::Pass) => "pass",
                     Some(Outcome::Fail) => "fail",
                     Some(Outcome::Underpowered) => "underpowered",
+                    Some(Outcome::Inconclusive) => "inconclusive",
                     None => "error",
                 }
                 .into(),

@@ -12,7 +12,7 @@ use crate::intervene::config::{self as fitconfig, ConfigError, FitConfig};
 use crate::intervene::Intervention;
 use crate::model::prefix_memo::PrefixMemo;
 use crate::model::LoadedModel;
-use crate::stats::gate::{test_all, Verdict};
+use crate::stats::gate::{test_all, Outcome, Verdict};
 use crate::stats::paired::Paired;
 use crate::stats::StatsError;
 use crate::store::RunDir;
@@ -114,6 +114,9 @@ pub struct TrialResult {
     pub task: TaskId,
     pub metric: String,
     pub outcome: Result<Verdict, String>,
+    /// Why the verdict is [`Outcome::Inconclusive`](crate::stats::gate::Outcome): the
+    /// condition the gate was tested under did not hold.
+    pub caveat: Option<String>,
 }
 
 /// What a run computed, with timings.
@@ -338,9 +341,13 @@ pub fn run(
 
     // A shard's items are a sample of the run's: a gate on them is no verdict. The
     // verdicts come from `scalpel merge`, on the union of the shards.
+    let attacks: BTreeMap<String, serde_json::Value> = attacked
+        .into_iter()
+        .map(|(case, a)| (case, a.summary))
+        .collect();
     let trials = match sel.shard {
         Some(_) => Vec::new(),
-        None => verdicts(suite, &wanted, &reports, &failed),
+        None => verdicts(suite, &wanted, &reports, &failed, &attacks),
     };
     Ok(RunOutput {
         trials,
@@ -349,10 +356,7 @@ pub fn run(
         manifests,
         parts,
         failed,
-        attacks: attacked
-            .into_iter()
-            .map(|(case, a)| (case, a.summary))
-            .collect(),
+        attacks,
     })
 }
 
@@ -415,11 +419,15 @@ pub fn paired_sample(
     }
 }
 
+/// The trials' verdicts, Holm-corrected together. `attacks` holds each attacked case's
+/// fit record: a gate under an attack that did not take against its intervention is
+/// inconclusive, whatever its statistics, unless they fail it.
 pub(crate) fn verdicts(
     suite: &Suite,
     wanted: &[(usize, String)],
     reports: &BTreeMap<(String, TaskId), TaskReport>,
     failed: &BTreeMap<(String, TaskId), String>,
+    attacks: &BTreeMap<String, serde_json::Value>,
 ) -> Vec<TrialResult> {
     let mut samples: Vec<Result<Paired, String>> = Vec::new();
     for (gi, iv) in wanted {
@@ -456,10 +464,21 @@ pub(crate) fn verdicts(
         .zip(samples)
         .map(|((gi, iv), s)| {
             let g = &suite.gates[*gi];
-            let outcome = match s {
+            let mut outcome = match s {
                 Ok(_) => tested.next().unwrap_or_else(|| Err("not tested".into())),
                 Err(e) => Err(e),
             };
+            // Only the intervention's attack matters: one that failed against the
+            // reference makes the defence look worse, never better.
+            let caveat = g.attack.as_ref().and_then(|a| {
+                let spec = suite.attacks.iter().find(|x| &x.name == a)?;
+                super::attack_check::stalled(attacks.get(&g.case(iv)), spec.min_progress)
+            });
+            if let (Ok(v), Some(_)) = (&mut outcome, &caveat) {
+                if v.outcome != Outcome::Fail {
+                    v.outcome = Outcome::Inconclusive;
+                }
+            }
             TrialResult {
                 name: g.trial_name(iv),
                 gate: *gi,
@@ -467,6 +486,7 @@ pub(crate) fn verdicts(
                 task: g.task,
                 metric: g.metric_label(),
                 outcome,
+                caveat,
             }
         })
         .collect()

@@ -102,6 +102,9 @@ struct RawAttack {
     params: Option<String>,
     #[serde(default)]
     rank: Option<usize>,
+    /// The drop in the targets' NLL (nats per token) below which the attack did not take.
+    #[serde(default)]
+    min_progress: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,7 +126,16 @@ pub struct AttackSpec {
     /// The task whose fit-split texts are split into prompt and continuation targets.
     pub targets: TaskId,
     pub limit: Option<usize>,
+    /// How far the fit must lower its targets' NLL (nats per token) for a gate under this
+    /// attack to certify anything; a fit that moves them less leaves the gate
+    /// inconclusive (see [`super::attack_check`]).
+    pub min_progress: f64,
 }
+
+/// The default [`AttackSpec::min_progress`]: 0.05 nats per target token, the targets made
+/// about 5% more likely per token. The suite's weakest working attack (5 tamper steps)
+/// clears it; a search that never left its start does not.
+pub const DEFAULT_MIN_PROGRESS: f64 = 0.05;
 
 /// An attack entry's kind and hyperparameters (defaults from each kind's config), with
 /// the fields that do not belong to its kind refused.
@@ -777,11 +789,18 @@ impl Suite {
             if r.targets.limit == Some(0) {
                 return Err(bad("targets.limit must be at least 1".into()));
             }
+            let min_progress = r.min_progress.unwrap_or(DEFAULT_MIN_PROGRESS);
+            if !(min_progress.is_finite() && min_progress >= 0.0) {
+                return Err(bad(format!(
+                    "min_progress must be a number of nats per token, at least 0 (got {min_progress})"
+                )));
+            }
             attacks.push(AttackSpec {
                 name,
                 config,
                 targets,
                 limit: r.targets.limit,
+                min_progress,
             });
         }
 

@@ -78,6 +78,12 @@ pub fn explain(suite: &Suite, r: &TrialResult) -> Option<String> {
             "underpowered: n = {} cannot resolve {need} (MDE exceeds the margin); {stats}",
             v.n
         )),
+        Outcome::Inconclusive => Some(format!(
+            "inconclusive: {}; {stats}",
+            r.caveat
+                .as_deref()
+                .unwrap_or("the gate's condition did not hold")
+        )),
     }
 }
 
@@ -148,6 +154,7 @@ pub fn write_junit(suite: &Suite, results: &[TrialResult], path: &Path) -> std::
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 s.set_message(m.clone()).set_type(match v.outcome {
                     Outcome::Underpowered => "underpowered",
+                    Outcome::Inconclusive => "inconclusive",
                     _ => "gate failed",
                 });
                 s

@@ -5,12 +5,13 @@
 
 use std::fmt::Write;
 
-/// Colours of a verdict (pass, fail, underpowered, error) and of chart series.
+/// Colours of a verdict (pass, fail, underpowered, inconclusive, error) and of chart series.
 pub fn outcome_colour(outcome: &str) -> &'static str {
     match outcome {
         "pass" => "#1a7f37",
         "fail" => "#cf222e",
         "underpowered" => "#bf8700",
+        "inconclusive" => "#8250df",
         _ => "#6e7781",
     }
 }

@@ -379,7 +379,7 @@ fn sweeps(run: &Run) -> Result<Vec<Sweep>, ReportError> {
 /// The run page's HTML.
 pub fn render(run: &Run) -> Result<String, ReportError> {
     let mut counts = Vec::new();
-    for o in ["pass", "fail", "underpowered", "error"] {
+    for o in ["pass", "fail", "underpowered", "inconclusive", "error"] {
         let n = run.verdicts.iter().filter(|v| v.outcome == o).count();
         if n > 0 {
             counts.push(Count { outcome: o, n });

@@ -86,6 +86,10 @@ pub enum Outcome {
     Pass,
     Fail,
     Underpowered,
+    /// The statistics alone would not fail the gate, but the condition it is tested
+    /// under did not hold (an attack that never took against the defence): no evidence
+    /// either way, so never a pass. Set by the harness, never by [`Gate::test`].
+    Inconclusive,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -51,7 +51,7 @@ pub struct VerdictRow {
     pub lo: Option<f64>,
     pub hi: Option<f64>,
     pub method: String,
-    /// `pass`, `fail`, `underpowered` or `error`.
+    /// `pass`, `fail`, `underpowered`, `inconclusive` or `error`.
     pub outcome: String,
     pub estimate: Option<f64>,
     pub ci_lo: Option<f64>,
