@@ -46,7 +46,7 @@ mod tests {
             "nll_before": before, "nll_after": after})
         };
         assert_eq!(stalled(Some(&fit(4.48, 3.76)), 0.05), None);
-        assert_eq!(stalled(Some(&fit(4.45, 4.40)), 0.05), None);
+        assert_eq!(stalled(Some(&fit(4.449, 4.366)), 0.05), None); // 5 tamper steps
         // The soft prompt that never left its start against the steering offset, and a
         // tamper of the offset's own vector that moved it by a thousandth of a nat.
         assert!(stalled(Some(&fit(4.568, 4.568)), 0.05).is_some());
