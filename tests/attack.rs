@@ -539,6 +539,16 @@ fn misfitting_attack_and_group_fields_are_suite_errors() {
             "{task: copa, metric: acc, non_inferiority: 0.1, attack: a}",
             "attacks[0]: min_progress must be a number of nats per token, at least 0",
         ),
+        (
+            "  - {name: a, kind: tamper, lr: [0.001, 0.01], targets: {task: realtoxicityprompts}}",
+            "{task: copa, metric: acc, non_inferiority: 0.1, attack: a}",
+            "attacks[0]: lr: a list of step sizes is an embedding attack's sweep",
+        ),
+        (
+            "  - {name: a, kind: embedding, lr: [0.01, -1], targets: {task: realtoxicityprompts}}",
+            "{task: realtoxicityprompts, metric: toxic, non_inferiority: 0.1, attack: a}",
+            "lr must be a positive number, got -1",
+        ),
     ] {
         let text = format!("{head}attacks:\n{attacks}\ngates:\n  - {gate}\n");
         std::fs::write(&suite, &text).unwrap();
@@ -628,4 +638,73 @@ fn a_gate_under_an_attack_that_did_not_take_is_inconclusive() {
     );
     let page = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(page.contains("badge inconclusive"), "no inconclusive badge");
+}
+
+/// A soft prompt with a step-size sweep fits each step size (each cached on its own) and
+/// keeps the fit that lowered its targets' NLL most, recording what each one reached.
+#[test]
+fn a_soft_prompt_sweep_keeps_the_step_size_that_took_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let suite = dir.join("sweep.yaml");
+    std::fs::write(
+        &suite,
+        "name: sweep\ninterventions:\n  - {name: none}\n  - {name: z, fit: fit.yaml}\n\
+         attacks:\n  - {name: soft, kind: embedding, positions: 4, steps: 4, \
+         lr: [0.0001, 0.05], targets: {task: realtoxicityprompts, limit: 6}}\n\
+         tasks:\n  - {task: realtoxicityprompts, limit: 4, samples: 1, max_new_tokens: 4}\n\
+         gates:\n  - {task: realtoxicityprompts, metric: max_toxicity, \
+         non_inferiority: 0.5, attack: soft}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("fit.yaml"),
+        "kind: offset\nsites: [blocks.1.hook_resid_post]\n\
+         harmful: [{task: realtoxicityprompts, limit: 6}]\n\
+         harmless: [{task: lambada_openai, limit: 6}]\nmax_tokens: 16\noffset: {alpha: 0.25}\n",
+    )
+    .unwrap();
+    let home = common::fresh_home(dir);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_scalpel"))
+        .args(["test", suite.to_str().unwrap(), "--model"])
+        .arg(common::tiny_gpt2_dir())
+        .args(["--device", "cpu", "--runs"])
+        .arg(dir.join("runs"))
+        .env("SCALPEL_HOME", &home)
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        o.status.code().is_some_and(|c| c == 0 || c == 101),
+        "{out}\n{err}"
+    );
+    let run_dir = std::fs::read_dir(dir.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let r = scalpel::store::tables::Run::read(&run_dir).unwrap();
+    let fits = scalpel::harness::record::attack_fits(&r.meta);
+    for case in ["none@soft", "z@soft"] {
+        let f = &fits[case];
+        let sweep = f["sweep"].as_array().unwrap();
+        assert_eq!(sweep.len(), 2, "{f}");
+        let reached: Vec<(f64, f64)> = sweep
+            .iter()
+            .map(|t| (t["lr"].as_f64().unwrap(), t["nll_after"].as_f64().unwrap()))
+            .collect();
+        let best = reached.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        assert_eq!(f["lr"].as_f64().unwrap(), best.0, "{f}");
+        assert_eq!(f["nll_after"].as_f64().unwrap(), best.1, "{f}");
+        // At 1e-4 four steps barely move the prompt; 0.05 moves it: the sweep is real.
+        assert_ne!(reached[0].1, reached[1].1, "{f}");
+    }
+    // Each step size against each case is its own cached fit (tensors + record).
+    let cached = std::fs::read_dir(home.join("fixtures/attacks"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 8);
 }

@@ -54,8 +54,17 @@ impl AttackConfig {
     }
 }
 
-/// Bumped when fitting code changes what an attack fit produces from the same inputs.
-pub const ATTACK_REVISION: u32 = 3;
+impl AttackConfig {
+    /// Bumped when fitting code changes what a fit of this kind produces from the same
+    /// inputs; part of the cache key, per kind so that fixing one attacker refits only
+    /// its own fits. Embedding 3: the best full-target checkpoint is kept.
+    pub fn revision(&self) -> u32 {
+        match self {
+            AttackConfig::Embedding(_) => 3,
+            AttackConfig::Gcg(_) | AttackConfig::Tamper(_) => 2,
+        }
+    }
+}
 
 /// A stable identity of an intervention's effect (its kind, strength and tensors), for
 /// keying attacks fitted against it.

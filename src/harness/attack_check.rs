@@ -47,8 +47,8 @@ mod tests {
         };
         assert_eq!(stalled(Some(&fit(4.48, 3.76)), 0.05), None);
         assert_eq!(stalled(Some(&fit(4.449, 4.366)), 0.05), None); // 5 tamper steps
-        // The soft prompt that never left its start against the steering offset, and a
-        // tamper of the offset's own vector that moved it by a thousandth of a nat.
+                                                                   // The soft prompt that never left its start against the steering offset, and a
+                                                                   // tamper of the offset's own vector that moved it by a thousandth of a nat.
         assert!(stalled(Some(&fit(4.568, 4.568)), 0.05).is_some());
         assert!(stalled(Some(&fit(4.449, 4.448)), 0.05).is_some());
         // Worse than its start, or NaN: not taken.

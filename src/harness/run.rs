@@ -589,7 +589,8 @@ fn fit_attack(
     let task = tasks::load(spec.targets, &opts).map_err(|e| fail(e.to_string()))?;
     let mut targets = Vec::new();
     let mut h = Sha256::new();
-    h.update(format!("attack-revision-{}", attack::ATTACK_REVISION).as_bytes());
+    // Siblings are tamper attacks like `spec`: one revision serves them all.
+    h.update(format!("attack-revision-{}", spec.config.revision()).as_bytes());
     for i in 0..task.len() {
         let Some(text) = task.item_text(i) else {
             return Err(fail(format!(
@@ -630,22 +631,61 @@ fn fit_attack(
         .join("fixtures")
         .join("attacks");
     let e = |e: attack::AttackError| fail(e.to_string());
-    let cached = cache::load(&dir, &key);
+    let cached = match &spec.config {
+        // A soft prompt is fitted at each step size of its sweep (each cached on its
+        // own); the one that lowered its targets' NLL most is the attack.
+        AttackConfig::Embedding(cfg) => {
+            let mut best: Option<(BTreeMap<String, candle_core::Tensor>, serde_json::Value)> = None;
+            let mut tried = Vec::new();
+            for lr in std::iter::once(cfg.lr).chain(spec.lr_sweep.iter().copied()) {
+                let c = attack::EmbeddingAttackConfig { lr, ..cfg.clone() };
+                let k = key_of(&AttackConfig::Embedding(c.clone()));
+                let (t, mut s) = match cache::load(&dir, &k) {
+                    Some(x) => x,
+                    None => {
+                        let fit = attack::fit_embedding_attack(
+                            model,
+                            defence,
+                            &targets,
+                            &c,
+                            |_, _, _| {},
+                        )
+                        .map_err(e)?;
+                        let t = BTreeMap::from([("embeds".to_string(), fit.prefix.embeds.clone())]);
+                        let s = serde_json::json!({
+                            "kind": "embedding", "start": fit.prefix.start, "curve": fit.curve,
+                            "nll_before": fit.nll_before, "nll_after": fit.nll_after,
+                            "seconds": fit.seconds,
+                        });
+                        cache::save(&dir, &k, &t, s.clone());
+                        (t, s)
+                    }
+                };
+                let after = s["nll_after"].as_f64().unwrap_or(f64::INFINITY);
+                tried.push(serde_json::json!({"lr": lr, "nll_after": s["nll_after"]}));
+                s["lr"] = lr.into();
+                let better = best
+                    .as_ref()
+                    .is_none_or(|(_, b)| after < b["nll_after"].as_f64().unwrap_or(f64::INFINITY));
+                if better {
+                    best = Some((t, s));
+                }
+            }
+            best.map(|(t, mut s)| {
+                if tried.len() > 1 {
+                    s["sweep"] = tried.into();
+                }
+                (t, s)
+            })
+        }
+        _ => cache::load(&dir, &key),
+    };
     let (tensors, summary) = match cached {
         Some(c) => c,
         None => {
             let (tensors, summary) = match &spec.config {
-                AttackConfig::Embedding(cfg) => {
-                    let fit =
-                        attack::fit_embedding_attack(model, defence, &targets, cfg, |_, _, _| {})
-                            .map_err(e)?;
-                    let t = BTreeMap::from([("embeds".to_string(), fit.prefix.embeds.clone())]);
-                    let s = serde_json::json!({
-                        "kind": "embedding", "start": fit.prefix.start, "curve": fit.curve,
-                        "nll_before": fit.nll_before, "nll_after": fit.nll_after,
-                        "seconds": fit.seconds,
-                    });
-                    (t, s)
+                AttackConfig::Embedding(_) => {
+                    return Err(fail("the soft prompt's sweep fitted nothing".into()))
                 }
                 AttackConfig::Gcg(cfg) => {
                     let fit =

@@ -84,8 +84,9 @@ struct RawAttack {
     positions: Option<usize>,
     #[serde(default)]
     steps: Option<usize>,
+    /// One step size, or (`embedding`) several to sweep.
     #[serde(default)]
-    lr: Option<f64>,
+    lr: Option<StepSizes>,
     #[serde(default)]
     batch: Option<usize>,
     #[serde(default)]
@@ -105,6 +106,13 @@ struct RawAttack {
     /// The drop in the targets' NLL (nats per token) below which the attack did not take.
     #[serde(default)]
     min_progress: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum StepSizes {
+    One(f64),
+    Sweep(Vec<f64>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +138,11 @@ pub struct AttackSpec {
     /// attack to certify anything; a fit that moves them less leaves the gate
     /// inconclusive (see [`super::attack_check`]).
     pub min_progress: f64,
+    /// Further step sizes an embedding attacker tries (`lr: [0.01, 0.03]`), each fitted
+    /// and cached on its own; the fit that lowers its targets' NLL most is kept. No one
+    /// step size takes against every defence (0.03 diverged against a steering offset
+    /// where 0.01 took), and an adaptive attacker tunes it per defence.
+    pub lr_sweep: Vec<f64>,
 }
 
 /// The default [`AttackSpec::min_progress`]: 0.05 nats per target token, the targets made
@@ -140,6 +153,20 @@ pub const DEFAULT_MIN_PROGRESS: f64 = 0.05;
 /// An attack entry's kind and hyperparameters (defaults from each kind's config), with
 /// the fields that do not belong to its kind refused.
 fn attack_config(r: &RawAttack, suite_seed: u64) -> Result<crate::attack::AttackConfig, String> {
+    if let Some(StepSizes::Sweep(v)) = &r.lr {
+        if r.kind != "embedding" {
+            return Err(format!(
+                "lr: a list of step sizes is an embedding attack's sweep, not one of kind {}",
+                r.kind
+            ));
+        }
+        if v.is_empty() {
+            return Err("lr: an empty list; give one step size or several".into());
+        }
+        if let Some(bad) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            return Err(format!("lr must be a positive number, got {bad}"));
+        }
+    }
     use crate::attack::{
         AttackConfig, EmbeddingAttackConfig, GcgConfig, TamperConfig, TamperParams,
     };
@@ -173,7 +200,11 @@ fn attack_config(r: &RawAttack, suite_seed: u64) -> Result<crate::attack::Attack
         }
     };
     let lr = |d: f64| {
-        let v = r.lr.unwrap_or(d);
+        let v = match &r.lr {
+            None => d,
+            Some(StepSizes::One(v)) => *v,
+            Some(StepSizes::Sweep(v)) => v.first().copied().unwrap_or(f64::NAN),
+        };
         if v.is_finite() && v > 0.0 {
             Ok(v)
         } else {
@@ -795,12 +826,17 @@ impl Suite {
                     "min_progress must be a number of nats per token, at least 0 (got {min_progress})"
                 )));
             }
+            let lr_sweep = match &r.lr {
+                Some(StepSizes::Sweep(v)) => v[1..].to_vec(),
+                _ => Vec::new(),
+            };
             attacks.push(AttackSpec {
                 name,
                 config,
                 targets,
                 limit: r.targets.limit,
                 min_progress,
+                lr_sweep,
             });
         }
 

@@ -86,7 +86,20 @@ pub(crate) fn view(run: &Run) -> Option<AttackView> {
                     f["kind"].as_str().unwrap_or(""),
                     f["steps"]
                 ),
-                None => f["kind"].as_str().unwrap_or("").to_string(),
+                None => match (f["lr"].as_f64(), f["sweep"].as_array()) {
+                    // The step size kept, and what each one of the sweep reached.
+                    (Some(lr), Some(sweep)) => format!(
+                        "{} (lr {lr} kept of {})",
+                        f["kind"].as_str().unwrap_or(""),
+                        sweep
+                            .iter()
+                            .map(|t| format!("{} → {}", t["lr"], fmt(t["nll_after"].as_f64())))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    (Some(lr), None) => format!("{} (lr {lr})", f["kind"].as_str().unwrap_or("")),
+                    _ => f["kind"].as_str().unwrap_or("").to_string(),
+                },
             },
             nll: format!(
                 "{} → {}",
