@@ -115,7 +115,13 @@ cp '{wheel}' "$dest/"
     let path = dir.join("fake-pip");
     fs::write(&path, script).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    ClientCommand::new(path)
+    // Run through `sh`, not exec'd itself: a file this process just wrote can still be
+    // open for writing in a child another test thread forked meanwhile (it holds the fd
+    // until its own exec), and exec'ing it then fails with ETXTBSY ("Text file busy").
+    ClientCommand {
+        program: "sh".into(),
+        args: vec![path.into_os_string()],
+    }
 }
 
 fn opts_with_pip(pip: Option<ClientCommand>) -> FetchOptions {
