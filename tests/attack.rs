@@ -329,13 +329,8 @@ fn tampering_fine_tunes_around_or_into_the_intervention() {
     assert!(own.nll_after < own.nll_before, "{own:?}");
 }
 
-/// A suite gate under attack: `attack: NAME` runs the intervention and the reference each
-/// under an attack fitted against it, names the trial `intervention@NAME::task::metric`,
-/// stores both cases, and reuses the fitted attacks on a rerun.
-#[test]
-fn a_suite_gates_toxicity_under_an_attack_fitted_against_each_case() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// The steering offset the suite tests fit on the tiny model: `DIR/fit.yaml`.
+fn write_steer_fit(dir: &std::path::Path) {
     std::fs::write(
         dir.join("fit.yaml"),
         "kind: offset\nsites: [blocks.1.hook_resid_post]\n\
@@ -343,6 +338,33 @@ fn a_suite_gates_toxicity_under_an_attack_fitted_against_each_case() {
          harmless: [{task: lambada_openai, limit: 6}]\nmax_tokens: 16\noffset: {alpha: 0.25}\n",
     )
     .unwrap();
+}
+
+/// `scalpel test SUITE` on the tiny model, storing into `runs`, with `home` as
+/// `SCALPEL_HOME`.
+fn test_on_tiny(
+    suite: &std::path::Path,
+    runs: &std::path::Path,
+    home: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_scalpel"))
+        .args(["test", suite.to_str().unwrap(), "--model"])
+        .arg(common::tiny_gpt2_dir())
+        .args(["--device", "cpu", "--runs"])
+        .arg(runs)
+        .env("SCALPEL_HOME", home)
+        .output()
+        .unwrap()
+}
+
+/// A suite gate under attack: `attack: NAME` runs the intervention and the reference each
+/// under an attack fitted against it, names the trial `intervention@NAME::task::metric`,
+/// stores both cases, and reuses the fitted attacks on a rerun.
+#[test]
+fn a_suite_gates_toxicity_under_an_attack_fitted_against_each_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_steer_fit(dir);
     let suite = dir.join("adv.yaml");
     std::fs::write(
         &suite,
@@ -368,16 +390,7 @@ fn a_suite_gates_toxicity_under_an_attack_fitted_against_each_case() {
     )
     .unwrap();
     let home = common::fresh_home(dir);
-    let run = |runs: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_scalpel"))
-            .args(["test", suite.to_str().unwrap(), "--model"])
-            .arg(common::tiny_gpt2_dir())
-            .args(["--device", "cpu", "--runs"])
-            .arg(dir.join(runs))
-            .env("SCALPEL_HOME", &home)
-            .output()
-            .unwrap()
-    };
+    let run = |runs: &str| test_on_tiny(&suite, &dir.join(runs), &home);
     let o = run("runs");
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -390,11 +403,7 @@ fn a_suite_gates_toxicity_under_an_attack_fitted_against_each_case() {
             && out.contains("steer::realtoxicityprompts::max_toxicity"),
         "{out}"
     );
-    let run_dir = std::fs::read_dir(dir.join("runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .unwrap();
+    let run_dir = common::only_dir(&dir.join("runs"));
     let r = scalpel::store::tables::Run::read(&run_dir).unwrap();
     for case in [
         "none",
@@ -566,13 +575,7 @@ fn misfitting_attack_and_group_fields_are_suite_errors() {
 fn a_gate_under_an_attack_that_did_not_take_is_inconclusive() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(
-        dir.join("fit.yaml"),
-        "kind: offset\nsites: [blocks.1.hook_resid_post]\n\
-         harmful: [{task: realtoxicityprompts, limit: 6}]\n\
-         harmless: [{task: lambada_openai, limit: 6}]\nmax_tokens: 16\noffset: {alpha: 0.25}\n",
-    )
-    .unwrap();
+    write_steer_fit(dir);
     let suite = dir.join("took.yaml");
     // The same tamper fit (one cache key) under two names: held to no bar, and to a drop
     // of 100 nats per token that no fit reaches.
@@ -593,14 +596,7 @@ fn a_gate_under_an_attack_that_did_not_take_is_inconclusive() {
     )
     .unwrap();
     let home = common::fresh_home(dir);
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_scalpel"))
-        .args(["test", suite.to_str().unwrap(), "--model"])
-        .arg(common::tiny_gpt2_dir())
-        .args(["--device", "cpu", "--runs"])
-        .arg(dir.join("runs"))
-        .env("SCALPEL_HOME", &home)
-        .output()
-        .unwrap();
+    let o = test_on_tiny(&suite, &dir.join("runs"), &home);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(101), "{out}\n{err}");
@@ -610,11 +606,7 @@ fn a_gate_under_an_attack_that_did_not_take_is_inconclusive() {
             && out.contains("inconclusive: the attack did not take"),
         "{out}"
     );
-    let run_dir = std::fs::read_dir(dir.join("runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .unwrap();
+    let run_dir = common::only_dir(&dir.join("runs"));
     let r = scalpel::store::tables::Run::read(&run_dir).unwrap();
     let verdict = |trial: &str| {
         r.verdicts
@@ -657,22 +649,9 @@ fn a_soft_prompt_sweep_keeps_the_step_size_that_took_best() {
          non_inferiority: 0.5, attack: soft}\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.join("fit.yaml"),
-        "kind: offset\nsites: [blocks.1.hook_resid_post]\n\
-         harmful: [{task: realtoxicityprompts, limit: 6}]\n\
-         harmless: [{task: lambada_openai, limit: 6}]\nmax_tokens: 16\noffset: {alpha: 0.25}\n",
-    )
-    .unwrap();
+    write_steer_fit(dir);
     let home = common::fresh_home(dir);
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_scalpel"))
-        .args(["test", suite.to_str().unwrap(), "--model"])
-        .arg(common::tiny_gpt2_dir())
-        .args(["--device", "cpu", "--runs"])
-        .arg(dir.join("runs"))
-        .env("SCALPEL_HOME", &home)
-        .output()
-        .unwrap();
+    let o = test_on_tiny(&suite, &dir.join("runs"), &home);
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
@@ -681,11 +660,7 @@ fn a_soft_prompt_sweep_keeps_the_step_size_that_took_best() {
         o.status.code().is_some_and(|c| c == 0 || c == 101),
         "{out}\n{err}"
     );
-    let run_dir = std::fs::read_dir(dir.join("runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .unwrap();
+    let run_dir = common::only_dir(&dir.join("runs"));
     let r = scalpel::store::tables::Run::read(&run_dir).unwrap();
     let fits = scalpel::harness::record::attack_fits(&r.meta);
     for case in ["none@soft", "z@soft"] {
