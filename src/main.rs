@@ -107,6 +107,10 @@ struct TestArgs {
     /// `scalpel merge` computes them on the union of the shards.
     #[arg(long)]
     shard: Option<String>,
+    /// How many tasks run side by side, each on its share of the cores (libtest's flag;
+    /// default: one per core, on a GPU one). Scores are the same for any N.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    test_threads: Option<u64>,
 }
 
 #[derive(Args)]
@@ -867,6 +871,7 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
         exact: a.exact,
         skip: a.skip.clone(),
         shard,
+        lanes: a.test_threads.map(|n| n as usize),
     };
     if a.list {
         trials::list(&suite, &sel, &trials::arguments(format, true));
@@ -879,7 +884,10 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
     let several = models.len() > 1;
     let dev = device(&a.device)?;
     let bar = spinner(format!("{}: loading", suite.name));
-    let mut last = String::new();
+    // Tasks run side by side in lanes: the bar shows every running task's count, and
+    // off a terminal each stage is printed once, when it starts.
+    let mut running: std::collections::BTreeMap<String, String> = Default::default();
+    let mut printed: std::collections::HashSet<String> = Default::default();
     let multi = scalpel::harness::run_models(
         &suite,
         &models,
@@ -894,31 +902,47 @@ fn run_test(a: TestArgs) -> Result<ExitCode> {
             LoadedModel::load(m, &dev)
         },
         |m, p| {
-            let msg = match &p {
-                RunProgress::Fitting { intervention } => format!("fitting {intervention}"),
-                RunProgress::Attacking { case } => format!("fitting the attack {case}"),
+            let (stage, count) = match &p {
+                RunProgress::Fitting { intervention } => (format!("fitting {intervention}"), None),
+                RunProgress::Attacking { case } => (format!("fitting the attack {case}"), None),
                 RunProgress::Task {
                     intervention,
                     task,
                     done,
                     total,
-                } => format!("{intervention}::{task} {done}/{total}"),
-                RunProgress::Tracing { index, done, total } => {
-                    format!("trace[{index}] {done}/{total}")
+                } => {
+                    let line = format!("{intervention}::{task} {done}/{total}");
+                    if done < total {
+                        running.insert(task.to_string(), line.clone());
+                    } else {
+                        running.remove(&task.to_string());
+                    }
+                    (format!("{intervention}::{task}"), Some(line))
                 }
+                RunProgress::Tracing { index, done, total } => (
+                    format!("trace[{index}]"),
+                    Some(format!("trace[{index}] {done}/{total}")),
+                ),
             };
-            let msg = if several { format!("{m}: {msg}") } else { msg };
+            let prefix = if several {
+                format!("{m}: ")
+            } else {
+                String::new()
+            };
             match &bar {
-                Some(b) => b.set_message(msg),
-                None => {
-                    // Off a terminal: one line per stage (the message less its d/t count).
-                    let stage = match msg.rsplit_once(' ') {
-                        Some((head, count)) if count.contains('/') => head.to_string(),
-                        _ => msg.clone(),
+                Some(b) => {
+                    let shown = match &p {
+                        RunProgress::Task { .. } if !running.is_empty() => {
+                            running.values().cloned().collect::<Vec<_>>().join("  ·  ")
+                        }
+                        _ => count.unwrap_or_else(|| stage.clone()),
                     };
-                    if stage != last {
-                        eprintln!("{}: {msg}", suite.name);
-                        last = stage;
+                    b.set_message(format!("{prefix}{shown}"));
+                }
+                None => {
+                    if printed.insert(format!("{prefix}{stage}")) {
+                        let line = count.unwrap_or(stage);
+                        eprintln!("{}: {prefix}{line}", suite.name);
                     }
                 }
             }

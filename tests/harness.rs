@@ -413,3 +413,59 @@ fn a_suite_of_two_models_runs_each_and_compares_them_item_by_item() {
         "matched items: {html}"
     );
 }
+
+/// Tasks run side by side in lanes of one thread each score exactly what one lane with
+/// every core scores: the same value for every item and metric of every case (the
+/// generation task's samples included), and the same verdicts.
+#[test]
+fn lanes_change_how_long_a_run_takes_not_what_it_scores() {
+    use scalpel::harness::{run, RunOutput, Selection};
+    let dir = tempfile::tempdir().unwrap();
+    let suite = Suite::read(&common::small_suite(dir.path(), "lanes")).unwrap();
+    let scored = |lanes: usize| -> (RunOutput, Vec<String>) {
+        let sel = Selection {
+            lanes: Some(lanes),
+            ..Selection::default()
+        };
+        let mut stages = Vec::new();
+        let out = run(&suite, common::smollm2(), &sel, None, |p| {
+            if let scalpel::harness::RunProgress::Task {
+                intervention, task, ..
+            } = p
+            {
+                stages.push(format!("{intervention}::{task}"));
+            }
+        })
+        .unwrap();
+        stages.sort();
+        stages.dedup();
+        (out, stages)
+    };
+    let values = |out: &RunOutput| {
+        let mut v = Vec::new();
+        for ((case, task), r) in &out.reports {
+            for it in &r.items {
+                for (m, x) in it.values() {
+                    v.push((format!("{case}::{task}::{}::{m}", it.idx()), x.to_bits()));
+                }
+            }
+        }
+        v
+    };
+    let (one, one_stages) = scored(1);
+    let (three, three_stages) = scored(3);
+    assert_eq!(one.reports.len(), 6, "two cases on each of three tasks");
+    let (a, b) = (values(&one), values(&three));
+    assert!(a.len() > 100, "{}", a.len());
+    assert_eq!(a, b, "an item scored differently in lanes");
+    let outcomes = |o: &RunOutput| {
+        o.trials
+            .iter()
+            .map(|t| format!("{} {:?}", t.name, t.outcome.as_ref().map(|v| v.outcome)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcomes(&one), outcomes(&three));
+    // Every case reported progress, whichever lane ran it.
+    assert_eq!(one_stages, three_stages);
+    assert_eq!(three_stages.len(), 6, "{three_stages:?}");
+}

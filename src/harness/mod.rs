@@ -6,6 +6,7 @@
 //! selected gate; [`trials`] prints the verdicts and writes JUnit.
 
 pub mod attack_check;
+pub mod lanes;
 pub mod merge;
 pub mod parts;
 pub mod record;
@@ -56,6 +57,7 @@ pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
         exact: args.exact,
         skip: args.skip.clone(),
         shard: None,
+        lanes: args.test_threads,
     };
     if args.list {
         trials::list(&suite, &sel, &args);

@@ -89,6 +89,8 @@ pub struct Selection {
     /// Score only this shard's share of every task's items ([`super::shard`]); the
     /// verdicts wait for `scalpel merge`.
     pub shard: Option<super::shard::Shard>,
+    /// How many tasks run side by side ([`super::lanes`]); `None`: one per core.
+    pub lanes: Option<usize>,
 }
 
 impl Selection {
@@ -254,89 +256,48 @@ pub fn run(
         attacked.insert(case.clone(), a);
     }
 
+    let all_cases = suite.cases();
+    let jobs: Vec<(&super::suite::TaskSpec, Vec<&String>)> = suite
+        .tasks
+        .iter()
+        .map(|t| {
+            let users = all_cases
+                .iter()
+                .filter(|n| cases.contains(&((*n).clone(), t.id)))
+                .collect::<Vec<_>>();
+            (t, users)
+        })
+        .filter(|(_, users)| !users.is_empty())
+        .collect();
+    let lanes = super::lanes::lanes(
+        sel.lanes,
+        jobs.len(),
+        rayon::current_num_threads(),
+        model.device().is_cpu(),
+    );
+    let shared = TaskInputs {
+        suite,
+        model,
+        sel,
+        store,
+        built: &built,
+        attacked: &attacked,
+    };
+    let done = super::lanes::run_all(
+        lanes,
+        jobs.len(),
+        |i, progress| run_task(&shared, jobs[i].0, &jobs[i].1, progress),
+        &mut progress,
+    )?;
     let mut reports = BTreeMap::new();
     let mut failed = BTreeMap::new();
     let mut parts = PartCounts::default();
-    let all_cases = suite.cases();
-    for t in &suite.tasks {
-        let users: Vec<&String> = all_cases
-            .iter()
-            .filter(|n| cases.contains(&((*n).clone(), t.id)))
-            .collect();
-        if users.is_empty() {
-            continue;
-        }
-        let task_err = |intervention: &str, source| HarnessError::Task {
-            intervention: intervention.to_string(),
-            task: t.id,
-            source: Box::new(source),
-        };
-        let mut task = load_task(t).map_err(|e| task_err(users[0], e))?;
-        if let Some(s) = sel.shard {
-            let keep = s.select(task.as_ref());
-            task.retain(&keep);
-        }
-        let scorer = match t.id.family() {
-            tasks::Family::Toxicity => Some(
-                crate::toxicity::scorer_from_spec_on(&t.scorer, model.device()).map_err(|e| {
-                    HarnessError::Scorer {
-                        task: t.id,
-                        message: e.to_string(),
-                    }
-                })?,
-            ),
-            _ => None,
-        };
-        let memo = shared_blocks(task.as_ref(), &users, |name| match attacked.get(name) {
-            Some(a) => (a.hooks.clone(), a.prefix.is_some()),
-            None => (built[&base_of(name)].hooks(), false),
-        });
-        for name in users {
-            let start = Instant::now();
-            let mut report_progress = |done: usize, total: usize| {
-                progress(RunProgress::Task {
-                    intervention: name.clone(),
-                    task: t.id,
-                    done,
-                    total,
-                })
-            };
-            let mut cx = RunContext::new(model, &mut report_progress);
-            cx.hooks = built[&base_of(name)].hooks();
-            if let Some(a) = attacked.get(name.as_str()) {
-                cx.hooks = a.hooks.clone();
-                cx.prefix = a.prefix.clone();
-            }
-            if let (Some(memo), None) = (&memo, &cx.prefix) {
-                match cx.hooks.first_block() {
-                    None => cx.hooks = cx.hooks.clone().with_memo(memo.clone()),
-                    Some(s) if s > 0 => cx.hooks = cx.hooks.clone().with_memo(memo.replayer(s)),
-                    Some(_) => {}
-                }
-            }
-            cx.seed = suite.seed;
-            cx.scorer = scorer.as_deref();
-            let mut journal =
-                store
-                    .map(|s| s.journal(name, t.id))
-                    .transpose()
-                    .map_err(|source| HarnessError::Store {
-                        what: format!("{name}::{}", t.id),
-                        source: Box::new(source),
-                    })?;
-            match run_case(name, task.as_ref(), &mut cx, journal.as_mut()) {
-                Ok((report, counts)) => {
-                    parts.computed += counts.computed;
-                    parts.reused += counts.reused;
-                    reports.insert((name.clone(), t.id), report);
-                }
-                Err(e @ HarnessError::Case { .. }) => {
-                    failed.insert((name.clone(), t.id), e.to_string());
-                }
-                Err(e) => return Err(e),
-            }
-            seconds.insert(format!("{name}::{}", t.id), start.elapsed().as_secs_f64());
-        }
+    for task in done {
+        reports.extend(task.reports);
+        failed.extend(task.failed);
+        seconds.extend(task.seconds);
+        parts.computed += task.parts.computed;
+        parts.reused += task.parts.reused;
     }
 
     // A shard's items are a sample of the run's: a gate on them is no verdict. The
@@ -358,6 +319,116 @@ pub fn run(
         failed,
         attacks,
     })
+}
+
+/// What every task of a run reads: the suite, the model, the fitted interventions and
+/// the attacked cases (fixed before the tasks start, so lanes share them unchanged).
+struct TaskInputs<'a> {
+    suite: &'a Suite,
+    model: &'a LoadedModel,
+    sel: &'a Selection,
+    store: Option<&'a RunDir>,
+    built: &'a BTreeMap<String, Intervention>,
+    attacked: &'a BTreeMap<String, Attacked>,
+}
+
+/// One task's cases, run.
+struct TaskRun {
+    reports: Vec<((String, TaskId), TaskReport)>,
+    failed: Vec<((String, TaskId), String)>,
+    seconds: Vec<(String, f64)>,
+    parts: PartCounts,
+}
+
+/// Every case (`users`) of one task, in order: the unmodified case first records the
+/// streams the others start from ([`shared_blocks`]).
+fn run_task(
+    inp: &TaskInputs<'_>,
+    t: &super::suite::TaskSpec,
+    users: &[&String],
+    progress: &mut dyn FnMut(RunProgress),
+) -> Result<TaskRun, HarnessError> {
+    let (model, built, attacked) = (inp.model, inp.built, inp.attacked);
+    let base_of = |case: &str| super::suite::split_case(case).0.to_string();
+    let mut out = TaskRun {
+        reports: Vec::new(),
+        failed: Vec::new(),
+        seconds: Vec::new(),
+        parts: PartCounts::default(),
+    };
+    let task_err = |intervention: &str, source| HarnessError::Task {
+        intervention: intervention.to_string(),
+        task: t.id,
+        source: Box::new(source),
+    };
+    let mut task = load_task(t).map_err(|e| task_err(users[0], e))?;
+    if let Some(s) = inp.sel.shard {
+        let keep = s.select(task.as_ref());
+        task.retain(&keep);
+    }
+    let scorer = match t.id.family() {
+        tasks::Family::Toxicity => Some(
+            crate::toxicity::scorer_from_spec_on(&t.scorer, model.device()).map_err(|e| {
+                HarnessError::Scorer {
+                    task: t.id,
+                    message: e.to_string(),
+                }
+            })?,
+        ),
+        _ => None,
+    };
+    let memo = shared_blocks(task.as_ref(), users, |name| match attacked.get(name) {
+        Some(a) => (a.hooks.clone(), a.prefix.is_some()),
+        None => (built[&base_of(name)].hooks(), false),
+    });
+    for &name in users {
+        let start = Instant::now();
+        let mut report_progress = |done: usize, total: usize| {
+            progress(RunProgress::Task {
+                intervention: name.clone(),
+                task: t.id,
+                done,
+                total,
+            })
+        };
+        let mut cx = RunContext::new(model, &mut report_progress);
+        cx.hooks = built[&base_of(name)].hooks();
+        if let Some(a) = attacked.get(name.as_str()) {
+            cx.hooks = a.hooks.clone();
+            cx.prefix = a.prefix.clone();
+        }
+        if let (Some(memo), None) = (&memo, &cx.prefix) {
+            match cx.hooks.first_block() {
+                None => cx.hooks = cx.hooks.clone().with_memo(memo.clone()),
+                Some(s) if s > 0 => cx.hooks = cx.hooks.clone().with_memo(memo.replayer(s)),
+                Some(_) => {}
+            }
+        }
+        cx.seed = inp.suite.seed;
+        cx.scorer = scorer.as_deref();
+        let mut journal = inp
+            .store
+            .map(|s| s.journal(name, t.id))
+            .transpose()
+            .map_err(|source| HarnessError::Store {
+                what: format!("{name}::{}", t.id),
+                source: Box::new(source),
+            })?;
+        match run_case(name, task.as_ref(), &mut cx, journal.as_mut()) {
+            Ok((report, counts)) => {
+                out.parts.computed += counts.computed;
+                out.parts.reused += counts.reused;
+                out.reports.push(((name.clone(), t.id), report));
+            }
+            Err(e @ HarnessError::Case { .. }) => {
+                out.failed.push(((name.clone(), t.id), e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+        out.seconds
+            .push((format!("{name}::{}", t.id), start.elapsed().as_secs_f64()));
+    }
+    Ok(out)
 }
 
 /// A suite task's items, as the suite's options select them.
