@@ -538,3 +538,62 @@ mod tests {
         }
     }
 }
+/// Throughput of each kernel on SmolLM2's shapes, one thread, against OpenBLAS's `sgemm`
+/// (packing included) where it is loaded:
+/// `cargo test --release --lib skinny::speed -- --ignored --nocapture`.
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    fn gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> f64 {
+        let reps = (4e9 / (2.0 * (m * n * k) as f64)).ceil() as usize;
+        f();
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        2.0 * (m * n * k * reps) as f64 / start.elapsed().as_secs_f64() / 1e9
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn gflops_on_smollm2_shapes() {
+        let blas = crate::model::blas::available();
+        for isa in kernels() {
+            for m in [1, 10, 40, 64, 128] {
+                for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+                    let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.01).collect();
+                    // Copies of the weight enough to overflow the caches: each call reads
+                    // its weight from memory, as a model's layers do.
+                    let copies = (256 << 20) / (n * k * 4) + 1;
+                    let w: Vec<f32> = (0..copies * n * k).map(|i| (i % 5) as f32 * 0.01).collect();
+                    let mut out = vec![0f32; m * n];
+                    let mut call = 0;
+                    // SAFETY: x is m×k, each copy of w is n×k, out is m×n.
+                    let mine = gflops(m, n, k, || unsafe {
+                        call = (call + 1) % copies;
+                        let wc = w.as_ptr().add(call * n * k);
+                        linear_in(isa, (m, n, k), x.as_ptr(), wc, out.as_mut_ptr(), n)
+                    });
+                    let theirs = if blas {
+                        // SAFETY: as above; BLAS is loaded.
+                        gflops(m, n, k, || unsafe {
+                            call = (call + 1) % copies;
+                            crate::model::blas::gemm(
+                                true,
+                                (m, n, k),
+                                1.0,
+                                (x.as_ptr(), k),
+                                (w.as_ptr().add(call * n * k), k),
+                                (out.as_mut_ptr(), n),
+                            )
+                        })
+                    } else {
+                        f64::NAN
+                    };
+                    eprintln!("{isa:?} m={m} n={n} k={k}: {mine:.1} GFLOP/s, sgemm {theirs:.1}");
+                }
+            }
+        }
+    }
+}
