@@ -191,12 +191,11 @@ pub fn run(
             cases.insert((g.case(&suite.reference), g.task));
         }
     }
-    let base_of = |case: &str| super::suite::split_case(case).0.to_string();
     let mut seconds = BTreeMap::new();
     let mut built: BTreeMap<String, Intervention> = BTreeMap::new();
     let mut manifests = BTreeMap::new();
     for spec in &suite.interventions {
-        if !cases.iter().any(|(n, _)| base_of(n) == spec.name) {
+        if !cases.iter().any(|(n, _)| base_of(n) == spec.name.as_str()) {
             continue;
         }
         let start = Instant::now();
@@ -321,6 +320,11 @@ pub fn run(
     })
 }
 
+/// The intervention a case runs (`offset` of `offset@soft20`).
+fn base_of(case: &str) -> &str {
+    super::suite::split_case(case).0
+}
+
 /// What every task of a run reads: the suite, the model, the fitted interventions and
 /// the attacked cases (fixed before the tasks start, so lanes share them unchanged).
 struct TaskInputs<'a> {
@@ -349,7 +353,6 @@ fn run_task(
     progress: &mut dyn FnMut(RunProgress),
 ) -> Result<TaskRun, HarnessError> {
     let (model, built, attacked) = (inp.model, inp.built, inp.attacked);
-    let base_of = |case: &str| super::suite::split_case(case).0.to_string();
     let mut out = TaskRun {
         reports: Vec::new(),
         failed: Vec::new(),
@@ -379,7 +382,7 @@ fn run_task(
     };
     let memo = shared_blocks(task.as_ref(), users, |name| match attacked.get(name) {
         Some(a) => (a.hooks.clone(), a.prefix.is_some()),
-        None => (built[&base_of(name)].hooks(), false),
+        None => (built[base_of(name)].hooks(), false),
     });
     for &name in users {
         let start = Instant::now();
@@ -392,7 +395,7 @@ fn run_task(
             })
         };
         let mut cx = RunContext::new(model, &mut report_progress);
-        cx.hooks = built[&base_of(name)].hooks();
+        cx.hooks = built[base_of(name)].hooks();
         if let Some(a) = attacked.get(name.as_str()) {
             cx.hooks = a.hooks.clone();
             cx.prefix = a.prefix.clone();
