@@ -107,8 +107,8 @@ struct TestArgs {
     /// `scalpel merge` computes them on the union of the shards.
     #[arg(long)]
     shard: Option<String>,
-    /// How many tasks run side by side, each on its share of the cores (libtest's flag;
-    /// default: one per core, on a GPU one). Scores are the same for any N.
+    /// How many tasks run side by side, sharing the cores (libtest's flag; default: one
+    /// per core, at most one per task; on a GPU one). Scores are the same for any N.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     test_threads: Option<u64>,
 }
