@@ -4,18 +4,18 @@
 //! Why: a forward pass of a small model does not keep two cores busy. On the 2-core
 //! machine the main job is gated on, one task at 2 threads ran only 1.5–1.6× faster than
 //! at 1 thread (`scalpel eval`: BBQ 22.5 → 14.9 s, BoolQ 26.3 → 16.4 s), so two tasks
-//! side by side get more done: BBQ and BoolQ together 37.9 s in one lane, 30.7 s in two. Tasks are independent; the cases of one task share a
-//! prefix memo (the unmodified case records what the others start from), so they stay in
-//! one lane, in order.
+//! side by side get more done: BBQ and BoolQ together 37.9 s in one lane, 30.7 s in two.
+//! Tasks are independent; the cases of one task share a prefix memo (the unmodified case
+//! records what the others start from), so they stay in one lane, in order.
 //!
 //! Why one pool and not a pool per lane: a product splits its output columns into one
 //! block per thread of the pool it runs in, and a block's width can change the order a
 //! kernel sums in. In pools of one thread each the same case scored different last bits
 //! (CrowS-Pairs' likelihood gaps by up to 4e-4 nats, and 23–40 of each case's 100
-//! RealToxicityPrompts maxima through flipped samples). In the shared pool every product splits as it does
-//! without lanes, so lanes change how long a run takes, never what it computes; and when
-//! one lane runs out of tasks, its thread steals the other lanes' blocks instead of
-//! idling.
+//! RealToxicityPrompts maxima through flipped samples). In the shared pool every product
+//! splits as it does without lanes, so lanes change how long a run takes, never what it
+//! computes; and when one lane runs out of tasks, its thread steals the other lanes'
+//! blocks instead of idling.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -35,8 +35,8 @@ pub fn lanes(requested: Option<usize>, tasks: usize, cores: usize, on_cpu: bool)
 }
 
 /// `work(i, progress)` for every `i < n`, results in index order. With one lane they run
-/// here, in order; with more, each lane runs on its own pool and takes the next index
-/// when it is free, and progress reaches `progress` on this thread. The first error (by
+/// here, in order; with more, each lane is a job of rayon's pool that takes the next
+/// index when it is free, and progress reaches `progress` on this thread. The first error (by
 /// index, so the same one whatever the timing) is returned once every lane has stopped;
 /// after an error no lane starts another task.
 pub fn run_all<T: Send>(

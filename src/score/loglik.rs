@@ -180,7 +180,6 @@ pub fn loglikelihood_tokens(
         shared.into_iter().map(|g| vec![g]).collect()
     };
     groups.sort_by_key(|g| std::cmp::Reverse(g.iter().map(shared_len).max()));
-    let mut chunks: Vec<Vec<Item>> = Vec::new();
     // A batch takes `per_item` items, or more while the tokens it runs (each item's
     // shared part and the rest of each of its choices) stay within SHARED_BATCH_TOKENS.
     let tokens = |g: &Item| {
@@ -190,17 +189,22 @@ pub fn loglikelihood_tokens(
                 .map(|p| p.continuation.len() - g.common)
                 .sum::<usize>()
     };
-    let room = |c: &[Item], group: &[Item]| {
-        let n = c.len() + group.len();
-        let t: usize = c.iter().chain(group).map(tokens).sum();
-        n <= per_item || (per_item > 1 && t <= SHARED_BATCH_TOKENS)
-    };
+    // Each batch with the tokens it runs so far.
+    let mut batches: Vec<(Vec<Item>, usize)> = Vec::new();
     for group in groups {
-        match chunks.last_mut() {
-            Some(c) if room(c, &group) => c.extend(group),
-            _ => chunks.push(group),
+        let t: usize = group.iter().map(tokens).sum();
+        match batches.last_mut() {
+            Some((c, ct))
+                if c.len() + group.len() <= per_item
+                    || (per_item > 1 && *ct + t <= SHARED_BATCH_TOKENS) =>
+            {
+                c.extend(group);
+                *ct += t;
+            }
+            _ => batches.push((group, t)),
         }
     }
+    let chunks: Vec<Vec<Item>> = batches.into_iter().map(|(c, _)| c).collect();
     for chunk in &chunks {
         // Padded to the longest shared part, the batch must still fit the window with
         // the longest rest of a choice, and padded to the longest stem with the longest
