@@ -332,6 +332,7 @@ struct FetchArgs {
 
 fn main() -> ExitCode {
     scalpel::machine::retain_freed_memory();
+    scalpel::machine::single_threaded_candle_ops();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => run_generate(a),

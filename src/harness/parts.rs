@@ -15,13 +15,13 @@ use crate::tasks::{Family, ItemScore, RunContext, Task, TaskReport};
 
 /// Items per part: a part should take seconds, not minutes, so little is lost to a kill.
 /// A generation task's part is a whole number of decoding groups (at least 5 prompts):
-/// prompts decode together in groups of up to `BATCH_ROWS` samples, and a part's last
+/// prompts decode together in groups of up to `batch_rows()` samples, and a part's last
 /// group short of prompts would read the weights for fewer rows.
 pub fn part_size(task: &dyn Task) -> usize {
     match task.id().family() {
         Family::Toxicity => {
             let samples = task.protocol().map_or(1, |p| p.samples.max(1));
-            let group = (crate::model::generate::BATCH_ROWS / samples).max(1);
+            let group = (crate::model::generate::batch_rows() / samples).max(1);
             group * 5usize.div_ceil(group)
         }
         _ => 64,

@@ -74,16 +74,22 @@ fn blas() -> Option<&'static Blas> {
     BLAS.get_or_init(load).as_ref()
 }
 
-/// The BLAS in use, as `openblas (<core type>)`, or `None` when candle's matmul runs.
+/// The products in use: `packed avx2` (the linear layers' kernel, `packed.rs`) and/or
+/// `openblas (<core type>)`, or `None` when candle's matmul runs.
 pub fn backend() -> Option<String> {
     if !requested() {
         return None;
     }
-    blas().map(|b| format!("openblas ({})", b.core))
+    let blas = blas().map(|b| format!("openblas ({})", b.core));
+    match (super::packed::available(), blas) {
+        (true, Some(b)) => Some(format!("packed avx2 (linear layers), {b}")),
+        (true, None) => Some("packed avx2 (linear layers)".into()),
+        (false, b) => b,
+    }
 }
 
 /// BLAS runs unless `SCALPEL_BLAS` is `off` (or `0`, `candle`).
-fn requested() -> bool {
+pub(crate) fn requested() -> bool {
     !std::env::var("SCALPEL_BLAS").is_ok_and(|v| matches!(v.as_str(), "off" | "0" | "candle"))
 }
 
@@ -171,12 +177,13 @@ pub(crate) fn available() -> bool {
     requested() && blas().is_some()
 }
 
-/// Whether a product of at most [`super::skinny::MAX_ROWS`] rows (f32, on the CPU,
+/// Whether a product of at most [`super::generate::batch_rows`] rows (f32, on the CPU,
 /// outside autograd) gives each row the same bits whatever rows run beside it: true
-/// where such products run in the skinny kernel, whose every output is one row's dot
-/// product accumulated in a fixed order. Batched decoding relies on it.
+/// where such products run in the packed kernel (any number of rows) or the skinny
+/// kernel (up to its `MAX_ROWS`), whose every output is one row's dot product
+/// accumulated in a fixed order. Batched decoding relies on it.
 pub fn rows_independent() -> bool {
-    available() && super::skinny::available()
+    super::packed::available() || (available() && super::skinny::available())
 }
 
 /// Row-major, single-threaded `c = alpha · a · op(b)` for `a` `[m, k]` (row stride
@@ -227,7 +234,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 }
 
 /// [`linear`] whether or not BLAS was asked for (the tests run it where it is present).
-fn linear_if_loaded(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+pub(crate) fn linear_if_loaded(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     // Only outside autograd: this op has no backward, so products that gradients flow
     // through (breaker training, attacks) keep candle's matmul.
     if x.track_op()

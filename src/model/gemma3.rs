@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::attention;
 use super::hooks::{ActivationCache, HookPoint, Hooks};
-use super::ops::{self, Rope};
+use super::ops::{self, Rope, Weight};
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
 /// Resolved Gemma 3 configuration (read from GGUF metadata by `gguf.rs`).
@@ -55,17 +55,17 @@ impl Gemma3Config {
 /// One block's weights under Gemma's names. Norm weights hold the multiplier (1 + w).
 pub struct Gemma3Block {
     pub attn_norm: Tensor,
-    pub q: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
+    pub q: Weight,
+    pub k: Weight,
+    pub v: Weight,
     pub q_norm: Tensor,
     pub k_norm: Tensor,
-    pub o: Tensor,
+    pub o: Weight,
     pub post_attn_norm: Tensor,
     pub mlp_norm: Tensor,
-    pub gate: Tensor,
-    pub up: Tensor,
-    pub down: Tensor,
+    pub gate: Weight,
+    pub up: Weight,
+    pub down: Weight,
     pub post_mlp_norm: Tensor,
 }
 
@@ -73,6 +73,8 @@ pub struct Gemma3 {
     cfg: Gemma3Config,
     info: ModelInfo,
     embed: Tensor,
+    /// The embeddings again as the (tied) unembedding's weight.
+    unembed: Weight,
     blocks: Vec<Gemma3Block>,
     norm: Tensor,
     rope_global: Rope,
@@ -128,6 +130,7 @@ impl Gemma3 {
         Ok(Gemma3 {
             cfg,
             info,
+            unembed: Weight::new(embed.clone()),
             embed,
             blocks,
             norm,
@@ -322,7 +325,7 @@ impl Gemma3 {
 
     fn unembed_inner(&self, resid: &Tensor) -> candle_core::Result<Tensor> {
         let h = ops::rms_norm(resid, &self.norm, self.cfg.rms_eps)?;
-        let logits = ops::linear(&h, &self.embed, None)?;
+        let logits = ops::linear(&h, &self.unembed, None)?;
         match self.cfg.final_softcap {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),

@@ -17,6 +17,7 @@ use candle_core::{Device, Tensor};
 
 use super::gemma3::{Gemma3, Gemma3Block, Gemma3Config};
 use super::llama::LlamaConfig;
+use super::ops::Weight;
 use super::ModelError;
 
 /// An opened GGUF file: its metadata and tensor directory (weights are read on demand).
@@ -429,17 +430,17 @@ pub fn gemma3_model(
         let n = |s: &str| format!("blk.{l}.{s}.weight");
         blocks.push(Gemma3Block {
             attn_norm: get(n("attn_norm"), &[d])?,
-            q: get(n("attn_q"), &[cfg.n_heads * dh, d])?,
-            k: get(n("attn_k"), &[cfg.n_kv_heads * dh, d])?,
-            v: get(n("attn_v"), &[cfg.n_kv_heads * dh, d])?,
+            q: Weight::new(get(n("attn_q"), &[cfg.n_heads * dh, d])?),
+            k: Weight::new(get(n("attn_k"), &[cfg.n_kv_heads * dh, d])?),
+            v: Weight::new(get(n("attn_v"), &[cfg.n_kv_heads * dh, d])?),
             q_norm: get(n("attn_q_norm"), &[dh])?,
             k_norm: get(n("attn_k_norm"), &[dh])?,
-            o: get(n("attn_output"), &[d, cfg.n_heads * dh])?,
+            o: Weight::new(get(n("attn_output"), &[d, cfg.n_heads * dh])?),
             post_attn_norm: get(n("post_attention_norm"), &[d])?,
             mlp_norm: get(n("ffn_norm"), &[d])?,
-            gate: get(n("ffn_gate"), &[m, d])?,
-            up: get(n("ffn_up"), &[m, d])?,
-            down: get(n("ffn_down"), &[d, m])?,
+            gate: Weight::new(get(n("ffn_gate"), &[m, d])?),
+            up: Weight::new(get(n("ffn_up"), &[m, d])?),
+            down: Weight::new(get(n("ffn_down"), &[d, m])?),
             post_mlp_norm: get(n("post_ffw_norm"), &[d])?,
         });
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::attention;
 use super::hooks::{ActivationCache, HookPoint, Hooks};
-use super::ops;
+use super::ops::{self, Weight};
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
 /// `config.json` as Hugging Face writes it for `GPT2LMHeadModel`.
@@ -114,14 +114,14 @@ struct Norm {
 
 struct Block {
     ln1: Norm,
-    c_attn_w: Tensor, // [3d, d]
+    c_attn_w: Weight, // [3d, d]
     c_attn_b: Tensor,
-    c_proj_w: Tensor, // [d, d]
+    c_proj_w: Weight, // [d, d]
     c_proj_b: Tensor,
     ln2: Norm,
-    fc_w: Tensor, // [m, d]
+    fc_w: Weight, // [m, d]
     fc_b: Tensor,
-    proj_w: Tensor, // [d, m]
+    proj_w: Weight, // [d, m]
     proj_b: Tensor,
 }
 
@@ -148,14 +148,14 @@ impl Block {
         let (proj_w, proj_b) = conv1d(&vb.pp("mlp.c_proj"), c.d_mlp, d)?;
         Ok(Block {
             ln1: norm(vb.pp("ln_1"), d)?,
-            c_attn_w,
+            c_attn_w: Weight::new(c_attn_w),
             c_attn_b,
-            c_proj_w,
+            c_proj_w: Weight::new(c_proj_w),
             c_proj_b,
             ln2: norm(vb.pp("ln_2"), d)?,
-            fc_w,
+            fc_w: Weight::new(fc_w),
             fc_b,
-            proj_w,
+            proj_w: Weight::new(proj_w),
             proj_b,
         })
     }
@@ -168,7 +168,7 @@ pub struct Gpt2 {
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: Norm,
-    lm_head: Tensor,
+    lm_head: Weight,
     device: Device,
 }
 
@@ -192,12 +192,12 @@ impl Gpt2 {
             .map(|i| Block::load(root.pp(format!("h.{i}")), &cfg))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let ln_f = norm(root.pp("ln_f"), cfg.d_model)?;
-        let lm_head = if cfg.tie_embeddings {
+        let lm_head = Weight::new(if cfg.tie_embeddings {
             wte.clone()
         } else {
             vb.pp("lm_head")
                 .get((cfg.vocab_size, cfg.d_model), "weight")?
-        };
+        });
         let d_head = cfg.d_model / cfg.n_heads;
         let info = ModelInfo {
             arch: Arch::Gpt2,
@@ -344,7 +344,9 @@ impl Gpt2 {
             )?;
         }
         super::prefix_memo::finish(call, kv);
-        let logits = super::logits_at(at, &resid, self.lm_head.dim(0)?, |h| self.unembed_inner(h))?;
+        let logits = super::logits_at(at, &resid, self.lm_head.tensor().dim(0)?, |h| {
+            self.unembed_inner(h)
+        })?;
         Ok(ForwardOutput { logits, cache })
     }
 

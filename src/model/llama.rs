@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::attention;
 use super::hooks::{ActivationCache, HookPoint, Hooks};
-use super::ops::{self, Rope};
+use super::ops::{self, Rope, Weight};
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
 /// `config.json` as Hugging Face writes it for `LlamaForCausalLM`.
@@ -112,16 +112,16 @@ impl LlamaConfigFile {
 }
 
 struct Attention {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
+    q: Weight,
+    k: Weight,
+    v: Weight,
+    o: Weight,
 }
 
 struct Mlp {
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
 }
 
 struct Block {
@@ -139,16 +139,16 @@ impl Block {
         Ok(Block {
             ln1: vb.pp("input_layernorm").get(d, "weight")?,
             attn: Attention {
-                q: a.pp("q_proj").get((c.n_heads * dh, d), "weight")?,
-                k: a.pp("k_proj").get((c.n_kv_heads * dh, d), "weight")?,
-                v: a.pp("v_proj").get((c.n_kv_heads * dh, d), "weight")?,
-                o: a.pp("o_proj").get((d, c.n_heads * dh), "weight")?,
+                q: Weight::new(a.pp("q_proj").get((c.n_heads * dh, d), "weight")?),
+                k: Weight::new(a.pp("k_proj").get((c.n_kv_heads * dh, d), "weight")?),
+                v: Weight::new(a.pp("v_proj").get((c.n_kv_heads * dh, d), "weight")?),
+                o: Weight::new(a.pp("o_proj").get((d, c.n_heads * dh), "weight")?),
             },
             ln2: vb.pp("post_attention_layernorm").get(d, "weight")?,
             mlp: Mlp {
-                gate: m.pp("gate_proj").get((c.d_mlp, d), "weight")?,
-                up: m.pp("up_proj").get((c.d_mlp, d), "weight")?,
-                down: m.pp("down_proj").get((d, c.d_mlp), "weight")?,
+                gate: Weight::new(m.pp("gate_proj").get((c.d_mlp, d), "weight")?),
+                up: Weight::new(m.pp("up_proj").get((c.d_mlp, d), "weight")?),
+                down: Weight::new(m.pp("down_proj").get((d, c.d_mlp), "weight")?),
             },
         })
     }
@@ -160,7 +160,7 @@ pub struct Llama {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Weight,
     rope: Rope,
     device: Device,
 }
@@ -176,12 +176,12 @@ impl Llama {
             .map(|i| Block::load(vb.pp(format!("model.layers.{i}")), &cfg))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = vb.pp("model.norm").get(cfg.d_model, "weight")?;
-        let lm_head = if cfg.tie_embeddings {
+        let lm_head = Weight::new(if cfg.tie_embeddings {
             embed.clone()
         } else {
             vb.pp("lm_head")
                 .get((cfg.vocab_size, cfg.d_model), "weight")?
-        };
+        });
         // RoPE tables cover the context window; cheap (max_pos × dh/2 floats).
         let rope = Rope::new(cfg.d_head, cfg.rope_theta, cfg.max_positions, &device)?;
         let info = ModelInfo {

@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod llama;
 pub mod loaded;
 pub mod ops;
+pub mod packed;
 pub mod prefix_memo;
 pub mod skinny;
 pub mod softmax;

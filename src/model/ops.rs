@@ -226,15 +226,17 @@ pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
         .reshape((b, kvh * rep, t, dh))
 }
 
+pub use super::packed::{LinearWeight, Weight};
+
 /// `x @ wᵀ (+ b)` for `x` of any rank ≥ 2 against a `[out, in]` weight.
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub fn linear(x: &Tensor, w: &impl LinearWeight, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
     let inner = dims[dims.len() - 1];
-    let out = w.dim(0)?;
+    let out = w.tensor().dim(0)?;
     let flat = x.reshape(((), inner))?;
-    let y = match super::blas::linear(&flat, w)? {
+    let y = match product(&flat, w)? {
         Some(y) => y,
-        None => flat.matmul(&w.t()?)?,
+        None => flat.matmul(&w.tensor().t()?)?,
     };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
@@ -243,6 +245,23 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let mut shape = dims[..dims.len() - 1].to_vec();
     shape.push(out);
     y.reshape(shape)
+}
+
+/// `x · wᵀ` by the packed kernel or BLAS, or `None` for candle's matmul. Products that
+/// autograd tracks keep candle's matmul: these kernels have no backward.
+fn product(x: &Tensor, w: &impl LinearWeight) -> Result<Option<Tensor>> {
+    let wt = w.tensor();
+    if super::packed::available()
+        && !x.track_op()
+        && !wt.track_op()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+    {
+        if let Some(p) = w.panels()? {
+            return super::packed::linear(x, &p).map(Some);
+        }
+    }
+    super::blas::linear(x, wt)
 }
 
 #[cfg(test)]

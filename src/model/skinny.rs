@@ -1,4 +1,5 @@
-//! `x · wᵀ` for a few rows of `x` (decoding: one row per sample) without packing.
+//! `x · wᵀ` for a few rows of `x` (decoding: one row per sample) without packing, on
+//! CPUs with AVX-512 (where BLAS's AVX-512 kernels take larger products).
 //!
 //! BLAS's `sgemm` copies ("packs") each weight block into its kernel's layout before
 //! multiplying. With hundreds of rows that copy is paid back many times; with the 25
@@ -7,16 +8,14 @@
 //! OpenBLAS reached 45–50 GFLOP/s on these shapes. Here each weight row is read once,
 //! straight from the model's storage, and dotted with every row of `x` while it sits in
 //! L1: a tile of 4 weight rows × up to 6 rows of `x` keeps 24 sixteen-lane accumulators
-//! in registers (AVX-512), so each vector load feeds four or six FMAs.
+//! in registers, so each vector load feeds four or six FMAs. It needs AVX-512F with
+//! AVX-512VL (without VL the compiler cannot use the upper 16 vector registers for the
+//! accumulators and spills them).
 //!
-//! Two versions, chosen at run time: AVX-512F with AVX-512VL (without VL the compiler
-//! cannot use the upper 16 vector registers for the accumulators and spills them), and
-//! AVX2 with FMA for CPUs without AVX-512 (many AMD EPYCs before Zen 4): sixteen
-//! eight-lane registers hold a tile of 3 weight rows × 4 rows of `x`. Without this
-//! version such CPUs decoded one prompt at a time through BLAS, which packs the whole
-//! weight for every step (a RealToxicityPrompts case of the main job took 310 s on a
-//! 2-core EPYC without AVX-512, against 54 s with the AVX-512 kernel elsewhere).
-//! Elsewhere BLAS runs as before.
+//! CPUs with AVX2 but without AVX-512 (many AMD EPYCs before Zen 4) run every linear
+//! layer through the packed kernel instead (`packed.rs`), which on such a CPU beats both
+//! this kernel's AVX2 version, since removed (67–70 GFLOP/s at 40 rows on one core,
+//! against 72–78), and OpenBLAS.
 
 /// Products with at most this many rows of `x` take this kernel. Above it BLAS's packed
 /// kernels win, packing being amortised over enough rows. Measured on SmolLM2's shapes
@@ -28,7 +27,6 @@ pub(crate) const MAX_ROWS: usize = 40;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
     Avx512,
-    Avx2,
 }
 
 /// The kernels this CPU runs, widest first.
@@ -37,9 +35,7 @@ fn kernels() -> Vec<Isa> {
     {
         let avx512 = std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl");
-        let avx2 = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma");
-        [(avx512, Isa::Avx512), (avx2, Isa::Avx2)]
+        [(avx512, Isa::Avx512)]
             .into_iter()
             .filter_map(|(has, isa)| has.then_some(isa))
             .collect()
@@ -53,6 +49,12 @@ fn chosen() -> Option<Isa> {
     use std::sync::OnceLock;
     static CHOSEN: OnceLock<Option<Isa>> = OnceLock::new();
     *CHOSEN.get_or_init(|| kernels().first().copied())
+}
+
+/// Whether this CPU runs the AVX-512 kernel and BLAS is loaded: then products keep
+/// this kernel and BLAS instead of the packed AVX2 kernel (`packed.rs`).
+pub(crate) fn avx512_with_blas() -> bool {
+    chosen() == Some(Isa::Avx512) && super::blas::available()
 }
 
 /// Whether [`linear`] runs on this CPU.
@@ -90,7 +92,6 @@ unsafe fn linear_in(
     #[cfg(target_arch = "x86_64")]
     match isa {
         Isa::Avx512 => avx512::linear((m, n, k), x, w, out, ldo),
-        Isa::Avx2 => avx2::linear((m, n, k), x, w, out, ldo),
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -258,162 +259,6 @@ mod avx512 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    /// Weight rows per tile: 3 × 4 accumulators, 3 weight vectors and one of `x` fill
-    /// the sixteen registers.
-    const R: usize = 3;
-    /// Rows of `x` per tile (at most).
-    const M: usize = 4;
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn linear(
-        (m, n, k): (usize, usize, usize),
-        x: *const f32,
-        w: *const f32,
-        out: *mut f32,
-        ldo: usize,
-    ) {
-        let full = k / 8;
-        // Lanes of the last, partial chunk of a row (all-ones lanes load).
-        let rem = (k % 8) as i32;
-        let tail = _mm256_setr_epi32(
-            -((rem > 0) as i32),
-            -((rem > 1) as i32),
-            -((rem > 2) as i32),
-            -((rem > 3) as i32),
-            -((rem > 4) as i32),
-            -((rem > 5) as i32),
-            -((rem > 6) as i32),
-            0,
-        );
-        let mut j = 0;
-        while j < n {
-            let rows = R.min(n - j);
-            let mut i = 0;
-            while i < m {
-                let xs = M.min(m - i);
-                let (xp, wp, op) = (x.add(i * k), w.add(j * k), out.add(i * ldo + j));
-                let next = (i == 0 && j + 2 * R <= n).then(|| w.add((j + R) * k));
-                macro_rules! go {
-                    ($r:literal, $m:literal) => {
-                        tile::<$r, $m>(xp, wp, k, full, rem, tail, op, ldo, next)
-                    };
-                }
-                match (rows, xs) {
-                    (3, 4) => go!(3, 4),
-                    (3, 3) => go!(3, 3),
-                    (3, 2) => go!(3, 2),
-                    (3, 1) => go!(3, 1),
-                    (_, xs) => {
-                        // The last one or two weight rows, one at a time.
-                        for r in 0..rows {
-                            let (wr, or) = (wp.add(r * k), op.add(r));
-                            match xs {
-                                4 => tile::<1, 4>(xp, wr, k, full, rem, tail, or, ldo, None),
-                                3 => tile::<1, 3>(xp, wr, k, full, rem, tail, or, ldo, None),
-                                2 => tile::<1, 2>(xp, wr, k, full, rem, tail, or, ldo, None),
-                                _ => tile::<1, 1>(xp, wr, k, full, rem, tail, or, ldo, None),
-                            }
-                        }
-                    }
-                }
-                i += xs;
-            }
-            j += rows;
-        }
-    }
-
-    /// `RR` weight rows × `MM` rows of `x`: the dot products of each pair, written to
-    /// `out[i][r]` (row stride `ldo`).
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const RR: usize, const MM: usize>(
-        x: *const f32,
-        w: *const f32,
-        k: usize,
-        full: usize,
-        rem: i32,
-        tail: __m256i,
-        out: *mut f32,
-        ldo: usize,
-        next: Option<*const f32>,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); MM]; RR];
-        for c in 0..full {
-            let o = c * 8;
-            let mut wv = [_mm256_setzero_ps(); RR];
-            for (r, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(w.add(r * k + o));
-            }
-            if let Some(next) = next {
-                // The next tile's weight rows, a cache line per row every other chunk,
-                // so that they arrive from memory while this tile computes.
-                if c % 2 == 0 {
-                    for r in 0..R {
-                        _mm_prefetch::<_MM_HINT_T0>(next.add(r * k + o) as *const i8);
-                    }
-                }
-            }
-            for i in 0..MM {
-                let xv = _mm256_loadu_ps(x.add(i * k + o));
-                for r in 0..RR {
-                    acc[r][i] = _mm256_fmadd_ps(wv[r], xv, acc[r][i]);
-                }
-            }
-        }
-        if rem != 0 {
-            let o = full * 8;
-            let mut wv = [_mm256_setzero_ps(); RR];
-            for (r, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_maskload_ps(w.add(r * k + o), tail);
-            }
-            for i in 0..MM {
-                let xv = _mm256_maskload_ps(x.add(i * k + o), tail);
-                for r in 0..RR {
-                    acc[r][i] = _mm256_fmadd_ps(wv[r], xv, acc[r][i]);
-                }
-            }
-        }
-        for i in 0..MM {
-            let last = acc[RR - 1][i];
-            let sums = reduce4(
-                acc[0][i],
-                acc[1.min(RR - 1)][i],
-                acc[2.min(RR - 1)][i],
-                last,
-            );
-            let mut four = [0f32; 4];
-            _mm_storeu_ps(four.as_mut_ptr(), sums);
-            for (r, v) in four.iter().take(RR).enumerate() {
-                *out.add(i * ldo + r) = *v;
-            }
-        }
-    }
-
-    /// The lane sums of `a`, `b`, `c`, `d`, in that order. Every sum is added up in one
-    /// order, lane `i` plus lane `i + 4`, then pairs, then the two halves, whichever tile
-    /// it comes from, so that a row's results never depend on the rows beside it.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn reduce4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
-        // [a0+a1, a2+a3, b0+b1, b2+b3] and the same for c, d; then their pair sums.
-        let ab = _mm_hadd_ps(half(a), half(b));
-        let cd = _mm_hadd_ps(half(c), half(d));
-        _mm_hadd_ps(ab, cd)
-    }
-
-    /// Lane `i` plus lane `i + 4`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn half(v: __m256) -> __m128 {
-        _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,7 +269,7 @@ mod tests {
     #[test]
     fn each_output_has_the_same_bits_in_any_tile() {
         if kernels().is_empty() {
-            eprintln!("no AVX-512 or AVX2 on this CPU: the kernel does not run here");
+            eprintln!("no AVX-512 on this CPU: the kernel does not run here");
         }
         for isa in kernels() {
             same_bits_in_any_tile(isa);
@@ -483,7 +328,7 @@ mod tests {
     #[test]
     fn skinny_products_match_the_definition() {
         if kernels().is_empty() {
-            eprintln!("no AVX-512 or AVX2 on this CPU: the kernel does not run here");
+            eprintln!("no AVX-512 on this CPU: the kernel does not run here");
         }
         for isa in kernels() {
             products_match_the_definition(isa);

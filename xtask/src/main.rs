@@ -51,6 +51,7 @@ enum BenchTarget {
 
 fn main() -> Result<()> {
     scalpel::machine::retain_freed_memory();
+    scalpel::machine::single_threaded_candle_ops();
     match Cli::parse().cmd {
         Cmd::Bench { target, versus } => match target {
             None => bench::versus::run(&versus),

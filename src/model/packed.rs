@@ -1,0 +1,544 @@
+//! `x · wᵀ` against a model's weights packed once, when first used, into the layout an
+//! AVX2 product kernel streams: panels of 16 output columns, each laid out `k`-major.
+//!
+//! Why: BLAS's `sgemm` packs each weight block into that kind of layout on every call,
+//! because its API cannot know that the weight never changes. On this project's 2-core
+//! EPYC (AVX2, no AVX-512) that copy (`sgemm_incopy`, `oncopy`) and the zeroing of the
+//! output (`sgemm_beta`) were 13% of a suite's CPU time, and the few-row kernel that
+//! decoding used instead of BLAS reached 67–70 GFLOP/s on one core. Packed once, a
+//! 6 × 16 register tile (twelve eight-lane accumulators, the weights of 16 columns
+//! loaded once per `k` for six rows of `x`) runs at 90–100 GFLOP/s on one core from
+//! 120 rows up and 77–83 at 40 rows (`cargo test --release --lib packed::speed --
+//! --ignored --nocapture`).
+//!
+//! Every output is one fused multiply-add chain over `k` in order, starting from zero,
+//! whatever the number of rows, the tile an output falls in or how the work is split
+//! between threads: a row's result never depends on the rows beside it, at any batch
+//! size (batched decoding relies on it: `generate::batch_decodes_rows_alone`).
+//!
+//! Where it runs: CPUs with AVX2 and FMA, unless BLAS's AVX-512 kernels and the AVX-512
+//! few-row kernel (`skinny.rs`) are there, which earlier measurements on AVX-512 machines
+//! put ahead; this kernel is only written for AVX2. `SCALPEL_BLAS=off` turns it off with
+//! BLAS (candle's matmul everywhere).
+
+use std::sync::{Arc, OnceLock};
+
+use super::blas::OutPtr;
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// Output columns per panel: two eight-lane registers.
+const NR: usize = 16;
+/// Rows of `x` per tile: with two registers of weights and one broadcast, twelve
+/// accumulators fill the sixteen registers.
+const MR: usize = 6;
+/// Depth of a pass over a panel: a panel's 768 × 16 weights (48 KiB) stay in L2 while
+/// every tile of a row block runs over them.
+const KC: usize = 768;
+/// Rows per block: each panel is read once per block of `x` (192 rows of 768, in L2).
+const MC: usize = 192;
+/// Products smaller than this run on one thread: splitting them costs more than it saves.
+const MIN_SPLIT: usize = 1 << 18;
+
+/// Whether the kernel runs here (see the module doc), decided once.
+pub fn available() -> bool {
+    static CHOSEN: OnceLock<bool> = OnceLock::new();
+    super::blas::requested()
+        && *CHOSEN.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma");
+                avx2 && !super::skinny::avx512_with_blas()
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            false
+        })
+}
+
+/// A weight `[n, k]` in panels: panel `p` holds, for each `kk < k` in order, the
+/// weights `w[p·16 + j][kk]` for `j < 16` (zero past `n`).
+pub struct Panels {
+    n: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl Panels {
+    /// Packs `w` (`[n, k]`, row-major).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "a weight of {n} × {k}");
+        let np = n.div_ceil(NR);
+        let mut data = vec![0f32; np * k * NR];
+        use rayon::prelude::*;
+        data.par_chunks_mut(k * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for j in 0..NR.min(n - p * NR) {
+                    let row = &w[(p * NR + j) * k..][..k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * NR + j] = v;
+                    }
+                }
+            });
+        Panels { n, k, data }
+    }
+
+    /// Packs an f32 CPU tensor `[n, k]`; `None` for anything else.
+    fn of(w: &Tensor) -> Result<Option<Self>> {
+        if !w.device().is_cpu() || w.dtype() != candle_core::DType::F32 || w.rank() != 2 {
+            return Ok(None);
+        }
+        let (n, k) = w.dims2()?;
+        let w = w.contiguous()?;
+        let (storage, layout) = w.storage_and_layout();
+        let (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((s, e))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Panels::pack(&all[s..e], n, k)))
+    }
+}
+
+/// A linear layer's weight `[out, in]` and, once a product on the CPU needs it, its
+/// [`Panels`].
+pub struct Weight {
+    tensor: Tensor,
+    panels: OnceLock<Option<Arc<Panels>>>,
+}
+
+impl Weight {
+    pub fn new(tensor: Tensor) -> Self {
+        Weight {
+            tensor,
+            panels: OnceLock::new(),
+        }
+    }
+
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+}
+
+/// A weight [`super::ops::linear`] takes: a plain tensor (packed for each product, as a
+/// hook's or an edit's small matrices are) or a model's [`Weight`] (packed once).
+pub trait LinearWeight {
+    fn tensor(&self) -> &Tensor;
+    /// The weight in panels; `None` where the kernel does not run (or the weight is
+    /// not an f32 CPU matrix).
+    fn panels(&self) -> Result<Option<Arc<Panels>>>;
+}
+
+impl LinearWeight for Tensor {
+    fn tensor(&self) -> &Tensor {
+        self
+    }
+
+    fn panels(&self) -> Result<Option<Arc<Panels>>> {
+        if !available() {
+            return Ok(None);
+        }
+        Ok(Panels::of(self)?.map(Arc::new))
+    }
+}
+
+impl LinearWeight for Weight {
+    fn tensor(&self) -> &Tensor {
+        Weight::tensor(self)
+    }
+
+    fn panels(&self) -> Result<Option<Arc<Panels>>> {
+        if !available() {
+            return Ok(None);
+        }
+        if let Some(p) = self.panels.get() {
+            return Ok(p.clone());
+        }
+        let packed = Panels::of(&self.tensor)?.map(Arc::new);
+        Ok(self.panels.get_or_init(|| packed).clone())
+    }
+}
+
+/// `x · wᵀ` for `x` `[m, k]` (f32, CPU) through the kernel. The caller checks
+/// [`available`] and that autograd does not track `x` (this op has no backward).
+pub(crate) fn linear(x: &Tensor, w: &Panels) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&PackedLinear(w))
+}
+
+struct PackedLinear<'a>(&'a Panels);
+
+impl CustomOp1 for PackedLinear<'_> {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let w = self.0;
+        let CpuStorage::F32(all) = s else {
+            candle_core::bail!("packed-linear: f32 input only, got {:?}", s.dtype());
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("packed-linear: input must be contiguous");
+        };
+        let (m, k) = l.shape().dims2()?;
+        if k != w.k {
+            candle_core::bail!("packed-linear: input width {k}, weight width {}", w.k);
+        }
+        let x = &all[start..end];
+        let n = w.n;
+        if k == 0 {
+            return Ok((CpuStorage::F32(vec![0f32; m * n]), Shape::from((m, n))));
+        }
+        // Not zeroed: the first pass over `k` writes every element without reading it,
+        // and zeroing a `[positions, vocab]` output first was a serial pass over it.
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        // SAFETY: `out` has room for m × n floats and nothing else refers to it.
+        unsafe {
+            product(x, m, w, OutPtr(out.as_mut_ptr()));
+            out.set_len(m * n);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// `out ← x · wᵀ`, `out` `[m, n]` row-major, every element written (for `k > 0`);
+/// panels split into one block per thread of rayon's pool (each thread reads only its
+/// share of the weight).
+///
+/// # Safety
+/// `out` must address `m × w.n` floats that nothing else reads or writes meanwhile.
+unsafe fn product(x: &[f32], m: usize, w: &Panels, out: OutPtr) {
+    let np = w.n.div_ceil(NR);
+    let threads = if m * w.n * w.k < MIN_SPLIT {
+        1
+    } else {
+        rayon::current_num_threads().max(1)
+    };
+    let per = np.div_ceil(threads).max(1);
+    let run = |p0: usize| {
+        // SAFETY: x is m × k and out m × n; this block writes only the columns of
+        // panels p0..p0+per, which no other block writes.
+        unsafe { block(x, m, w, p0..(p0 + per).min(np), out) }
+    };
+    let starts: Vec<usize> = (0..np).step_by(per).collect();
+    if starts.len() == 1 {
+        run(0);
+    } else {
+        use rayon::prelude::*;
+        starts.into_par_iter().for_each(run);
+    }
+}
+
+/// The columns of `panels` of `x · wᵀ`, `KC` deep at a time: the first pass starts each
+/// output at zero and later ones continue its chain from what `out` holds.
+///
+/// # Safety
+/// `out` must address `m × w.n` floats that nobody else reads or writes in these columns.
+unsafe fn block(x: &[f32], m: usize, w: &Panels, panels: std::ops::Range<usize>, out: OutPtr) {
+    let (n, k) = (w.n, w.k);
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for m0 in (0..m).step_by(MC) {
+            let mc = MC.min(m - m0);
+            for p in panels.clone() {
+                let b = w.data.as_ptr().add((p * k + k0) * NR);
+                let cols = NR.min(n - p * NR);
+                for i in (0..mc).step_by(MR) {
+                    let rows = MR.min(mc - i);
+                    let a = x.as_ptr().add((m0 + i) * k + k0);
+                    let c = out.at((m0 + i) * n + p * NR);
+                    if cols == NR {
+                        tile(rows, kc, a, k, b, c, n, k0 == 0);
+                    } else {
+                        // A last, partial panel: through a full-width buffer.
+                        let mut buf = [0f32; MR * NR];
+                        if k0 > 0 {
+                            for r in 0..rows {
+                                let src = std::slice::from_raw_parts(c.add(r * n), cols);
+                                buf[r * NR..r * NR + cols].copy_from_slice(src);
+                            }
+                        }
+                        tile(rows, kc, a, k, b, buf.as_mut_ptr(), NR, k0 == 0);
+                        for r in 0..rows {
+                            let dst = std::slice::from_raw_parts_mut(c.add(r * n), cols);
+                            dst.copy_from_slice(&buf[r * NR..r * NR + cols]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One tile of `rows ≤ MR` rows × 16 columns over `kc` steps of `k`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA ([`available`]); `a` addresses `rows` rows of at least `kc`
+/// floats (stride `lda`), `b` `kc × 16` packed weights, `c` `rows` rows of 16 floats
+/// (stride `ldc`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    first: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    avx2::tile_rows(rows, kc, a, lda, b, c, ldc, first);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, kc, a, lda, b, c, ldc, first);
+        unreachable!("no kernel is compiled for this architecture")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_rows(
+        rows: usize,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        first: bool,
+    ) {
+        match rows {
+            6 => tile6(kc, a, lda, b, c, ldc, first),
+            5 => tile5(kc, a, lda, b, c, ldc, first),
+            4 => tile4(kc, a, lda, b, c, ldc, first),
+            3 => tile3(kc, a, lda, b, c, ldc, first),
+            2 => tile2(kc, a, lda, b, c, ldc, first),
+            1 => tile1(kc, a, lda, b, c, ldc, first),
+            _ => unreachable!("tiles have 1 to {MR} rows"),
+        }
+    }
+
+    /// A tile of as many rows as indices given: per step of `k`, the panel's 16 weights
+    /// are loaded once and each row's `x` is broadcast into two FMAs. Written out row by
+    /// row by the macro, not as a loop over rows, so that the accumulators live in
+    /// registers at every optimisation level: the tests' build (`opt-level = 1`) does
+    /// not unroll such loops, and kept them in memory at a seventh of the speed.
+    macro_rules! tile {
+        ($name:ident: $($i:literal $lo:ident $hi:ident),+) => {
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $name(
+                kc: usize,
+                a: *const f32,
+                lda: usize,
+                b: *const f32,
+                c: *mut f32,
+                ldc: usize,
+                first: bool,
+            ) {
+                $(
+                    let mut $lo = _mm256_setzero_ps();
+                    let mut $hi = _mm256_setzero_ps();
+                )+
+                if !first {
+                    $(
+                        $lo = _mm256_loadu_ps(c.add($i * ldc));
+                        $hi = _mm256_loadu_ps(c.add($i * ldc + 8));
+                    )+
+                }
+                let mut bk = b;
+                let mut ak = a;
+                for _ in 0..kc {
+                    let b0 = _mm256_loadu_ps(bk);
+                    let b1 = _mm256_loadu_ps(bk.add(8));
+                    $(
+                        let ai = _mm256_broadcast_ss(&*ak.add($i * lda));
+                        $lo = _mm256_fmadd_ps(ai, b0, $lo);
+                        $hi = _mm256_fmadd_ps(ai, b1, $hi);
+                    )+
+                    bk = bk.add(NR);
+                    ak = ak.add(1);
+                }
+                $(
+                    _mm256_storeu_ps(c.add($i * ldc), $lo);
+                    _mm256_storeu_ps(c.add($i * ldc + 8), $hi);
+                )+
+            }
+        };
+    }
+
+    tile!(tile6: 0 l0 h0, 1 l1 h1, 2 l2 h2, 3 l3 h3, 4 l4 h4, 5 l5 h5);
+    tile!(tile5: 0 l0 h0, 1 l1 h1, 2 l2 h2, 3 l3 h3, 4 l4 h4);
+    tile!(tile4: 0 l0 h0, 1 l1 h1, 2 l2 h2, 3 l3 h3);
+    tile!(tile3: 0 l0 h0, 1 l1 h1, 2 l2 h2);
+    tile!(tile2: 0 l0 h0, 1 l1 h1);
+    tile!(tile1: 0 l0 h0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// Each output must be exactly the fused multiply-add chain over `k` in order, for
+    /// every row count (tiles of 1 to 6 rows, several row blocks), a last partial panel,
+    /// and depths across several passes: so no row's bits depend on its neighbours.
+    #[test]
+    fn every_output_is_one_ordered_fma_chain() {
+        #[cfg(target_arch = "x86_64")]
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            eprintln!("no AVX2 + FMA here: the kernel does not run");
+            return;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        return;
+        for (m, n, k) in [
+            (1, 16, 1),
+            (5, 17, 9),
+            (13, 40, 100),
+            (200, 35, 64),
+            (7, 48, KC + 5),
+            (3, 1, 2 * KC + 1),
+        ] {
+            let x = values(m * k, 1 + m as u64);
+            let w = values(n * k, 2 + n as u64);
+            let panels = Panels::pack(&w, n, k);
+            let mut out = vec![f32::NAN; m * n];
+            // SAFETY: out holds m × n floats.
+            unsafe { product(&x, m, &panels, OutPtr(out.as_mut_ptr())) };
+            for i in 0..m {
+                for j in 0..n {
+                    let want = (0..k).fold(0f32, |s, kk| x[i * k + kk].mul_add(w[j * k + kk], s));
+                    assert_eq!(
+                        out[i * n + j].to_bits(),
+                        want.to_bits(),
+                        "{m}×{n}×{k} at ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Through `ops::linear`: a model's [`Weight`] packs once and gives the bits a plain
+    /// tensor gives (packed per call), within f32 rounding of candle's matmul; a product
+    /// autograd tracks keeps candle's matmul, so its gradient flows.
+    #[test]
+    fn weights_pack_once_and_autograd_keeps_candles_matmul() {
+        use crate::model::ops::linear;
+        let dev = candle_core::Device::Cpu;
+        let (m, n, k) = (23, 50, 70);
+        let x = Tensor::from_vec(values(m * k, 5), (m, k), &dev).unwrap();
+        let wt = Tensor::from_vec(values(n * k, 6), (n, k), &dev).unwrap();
+        let w = Weight::new(wt.clone());
+        let by_weight = linear(&x, &w, None).unwrap();
+        let by_tensor = linear(&x, &wt, None).unwrap();
+        let by_candle = x.matmul(&wt.t().unwrap()).unwrap();
+        let diff = crate::model::ops::tests::max_diff(&by_weight, &by_candle);
+        assert!(diff < 1e-5, "packed vs candle: {diff}");
+        assert_eq!(
+            by_weight.to_vec2::<f32>().unwrap(),
+            by_tensor.to_vec2::<f32>().unwrap()
+        );
+        if available() {
+            let first = w.panels().unwrap().unwrap();
+            let again = w.panels().unwrap().unwrap();
+            assert!(Arc::ptr_eq(&first, &again), "packed twice");
+        }
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let y = linear(var.as_tensor(), &w, None).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(var.as_tensor()).expect("a gradient reaches x");
+        // d(sum x·wᵀ)/dx = column sums of w, for every row.
+        let want = wt
+            .sum(0)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .broadcast_as((m, k))
+            .unwrap();
+        assert!(crate::model::ops::tests::max_diff(g, &want) < 1e-4);
+    }
+
+    fn gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> f64 {
+        f();
+        let reps = ((4e9 / (2.0 * (m * n * k) as f64)).ceil() as usize).max(3);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
+    }
+
+    /// SmolLM2's shapes on one thread (`SPEED_THREADS=2` for two), weights read from memory as a model's layers are
+    /// (a fresh layer's weights each call), against OpenBLAS where it is loaded.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn speed() {
+        if !available() {
+            eprintln!("the kernel does not run here");
+            return;
+        }
+        // One thread unless SPEED_THREADS says otherwise.
+        let threads: usize = std::env::var("SPEED_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for (n, k) in [(576, 576), (1536, 576), (576, 1536), (8192, 576)] {
+                let layers = (64 << 20) / (n * k * 4) + 2;
+                let ws: Vec<Vec<f32>> = (0..layers).map(|l| values(n * k, l as u64)).collect();
+                let packed: Vec<Panels> = ws.iter().map(|w| Panels::pack(w, n, k)).collect();
+                let dev = candle_core::Device::Cpu;
+                let wt: Vec<Tensor> = ws
+                    .iter()
+                    .map(|w| Tensor::from_slice(w, (n, k), &dev).unwrap())
+                    .collect();
+                for m in [10, 40, 120, 512] {
+                    let x = values(m * k, 9);
+                    let mut out = vec![0f32; m * n];
+                    let mut l = 0;
+                    let ours = gflops(m, n, k, || {
+                        l = (l + 1) % layers;
+                        // SAFETY: out holds m × n floats.
+                        unsafe { product(&x, m, &packed[l], OutPtr(out.as_mut_ptr())) }
+                    });
+                    let xt = Tensor::from_slice(&x, (m, k), &dev).unwrap();
+                    let theirs = if super::super::blas::available() {
+                        gflops(m, n, k, || {
+                            l = (l + 1) % layers;
+                            super::super::blas::linear_if_loaded(&xt, &wt[l]).unwrap();
+                        })
+                    } else {
+                        f64::NAN
+                    };
+                    eprintln!(
+                        "m {m:4} n {n:5} k {k:5}: packed {ours:5.1} GFLOP/s, before (few-row kernel or OpenBLAS) {theirs:5.1}"
+                    );
+                }
+            }
+        });
+    }
+}
