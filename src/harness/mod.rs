@@ -40,9 +40,13 @@ pub use suite::{Suite, SuiteError};
 /// exit 2 (with the error on stderr) on a bad suite or a failed run. The models are the
 /// suite's (each run in turn, and compared item by item), on the CPU unless `SCALPEL_DEVICE` says otherwise; the run is stored (and
 /// resumed) under `reports/runs` of the working directory unless `SCALPEL_RUNS` names
-/// another, with its HTML report beside its tables.
+/// another, with its HTML report beside its tables. Being the binary's main, it tunes
+/// the process as `scalpel` does (freed memory kept for reuse, candle's elementwise ops
+/// on the calling thread: see `machine`).
 pub fn test_main(suite: impl AsRef<std::path::Path>) -> std::process::ExitCode {
     use std::process::ExitCode;
+    crate::machine::retain_freed_memory();
+    crate::machine::single_threaded_candle_ops();
     let args = libtest_mimic::Arguments::from_args();
     let bad = |e: &dyn std::fmt::Display| {
         eprintln!("error: {e}");
