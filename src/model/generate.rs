@@ -242,10 +242,11 @@ pub fn prompts_per_batch(model: &dyn Transformer, hooks: &Hooks, n_samples: usiz
 
 /// Whether rows of different prompts, decoded as one left-padded batch, each get exactly
 /// the bits they get decoded alone: on the CPU where the projections run through the
-/// packed or the few-row kernel (each output a dot product of one row, in a fixed order) and the fused
-/// attention (each row's softmax over its own keys only), with no writer addressing
-/// absolute positions (they would mean different tokens in differently padded rows) and
-/// no attention-pattern hook (the composed attention sums over the padding too). Edits
+/// packed or the few-row kernel (each output a dot product of one row, in a fixed
+/// order) and the fused attention (each row's softmax over its own keys only), with no
+/// writer addressing absolute positions (they would mean different tokens in differently
+/// padded rows) and no attention-pattern hook (the composed attention sums over the
+/// padding too). Edits
 /// that place themselves by the call's offset (a soft prompt) act only inside the
 /// prompt, which every prompt prefills alone, so in decoding they change nothing.
 pub fn batch_decodes_rows_alone(model: &dyn Transformer, hooks: &Hooks) -> bool {

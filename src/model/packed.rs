@@ -8,7 +8,7 @@
 //! decoding used instead of BLAS reached 67–70 GFLOP/s on one core. Packed once, a
 //! 6 × 16 register tile (twelve eight-lane accumulators, the weights of 16 columns
 //! loaded once per `k` for six rows of `x`) runs at 90–100 GFLOP/s on one core from
-//! 120 rows up and 77–83 at 40 rows (`cargo test --release --lib packed::speed --
+//! 120 rows up and 72–78 at 40 rows (`cargo test --release --lib packed::speed --
 //! --ignored --nocapture`).
 //!
 //! Every output is one fused multiply-add chain over `k` in order, starting from zero,
@@ -288,7 +288,15 @@ unsafe fn tile(
     first: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    avx2::tile_rows(rows, kc, a, lda, b, c, ldc, first);
+    match rows {
+        6 => avx2::tile6(kc, a, lda, b, c, ldc, first),
+        5 => avx2::tile5(kc, a, lda, b, c, ldc, first),
+        4 => avx2::tile4(kc, a, lda, b, c, ldc, first),
+        3 => avx2::tile3(kc, a, lda, b, c, ldc, first),
+        2 => avx2::tile2(kc, a, lda, b, c, ldc, first),
+        1 => avx2::tile1(kc, a, lda, b, c, ldc, first),
+        _ => unreachable!("tiles have 1 to {MR} rows"),
+    }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (rows, kc, a, lda, b, c, ldc, first);
@@ -298,31 +306,8 @@ unsafe fn tile(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MR, NR};
+    use super::NR;
     use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile_rows(
-        rows: usize,
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        first: bool,
-    ) {
-        match rows {
-            6 => tile6(kc, a, lda, b, c, ldc, first),
-            5 => tile5(kc, a, lda, b, c, ldc, first),
-            4 => tile4(kc, a, lda, b, c, ldc, first),
-            3 => tile3(kc, a, lda, b, c, ldc, first),
-            2 => tile2(kc, a, lda, b, c, ldc, first),
-            1 => tile1(kc, a, lda, b, c, ldc, first),
-            _ => unreachable!("tiles have 1 to {MR} rows"),
-        }
-    }
 
     /// A tile of as many rows as indices given: per step of `k`, the panel's 16 weights
     /// are loaded once and each row's `x` is broadcast into two FMAs. Written out row by
@@ -333,7 +318,7 @@ mod avx2 {
         ($name:ident: $($i:literal $lo:ident $hi:ident),+) => {
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn $name(
+            pub(super) unsafe fn $name(
                 kc: usize,
                 a: *const f32,
                 lda: usize,
@@ -488,8 +473,9 @@ mod tests {
         2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
 
-    /// SmolLM2's shapes on one thread (`SPEED_THREADS=2` for two), weights read from memory as a model's layers are
-    /// (a fresh layer's weights each call), against OpenBLAS where it is loaded.
+    /// SmolLM2's shapes on one thread (`SPEED_THREADS=2` for two), weights read from
+    /// memory as a model's layers are (a fresh layer's weights each call), against
+    /// OpenBLAS on the unpacked weights where it is loaded.
     #[test]
     #[ignore = "a measurement, not a check"]
     fn speed() {
@@ -535,7 +521,7 @@ mod tests {
                         f64::NAN
                     };
                     eprintln!(
-                        "m {m:4} n {n:5} k {k:5}: packed {ours:5.1} GFLOP/s, before (few-row kernel or OpenBLAS) {theirs:5.1}"
+                        "m {m:4} n {n:5} k {k:5}: packed {ours:5.1} GFLOP/s, OpenBLAS {theirs:5.1}"
                     );
                 }
             }
