@@ -278,10 +278,14 @@ impl Llama {
         cache: &mut ActivationCache,
     ) -> candle_core::Result<Tensor> {
         let m = &self.blocks[layer].mlp;
-        let pre = ops::linear(x, &m.gate, None)?; // [b, t, m]
-        let pre = hooks.apply(HookPoint::MlpPre(layer), pre, offset, cache)?;
-        let up = ops::linear(x, &m.up, None)?;
-        let post = super::gated::silu_mul(&pre, &up)?;
+        let post = if hooks.touches(HookPoint::MlpPre(layer)) {
+            let pre = ops::linear(x, &m.gate, None)?; // [b, t, m]
+            let pre = hooks.apply(HookPoint::MlpPre(layer), pre, offset, cache)?;
+            let up = ops::linear(x, &m.up, None)?;
+            super::gated::silu_mul(&pre, &up)?
+        } else {
+            super::gated::silu_gated_linear(x, &m.gate, &m.up)?
+        };
         let post = hooks.apply(HookPoint::MlpPost(layer), post, offset, cache)?;
         ops::linear(&post, &m.down, None)
     }

@@ -17,6 +17,7 @@ pub mod hf;
 pub mod hooks;
 pub mod llama;
 pub mod loaded;
+pub mod norm;
 pub mod ops;
 pub mod packed;
 pub mod prefix_memo;

@@ -18,7 +18,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
         x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
     } else {
-        candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
+        super::norm::rms_norm(x, w, eps as f32)
     }
 }
 

@@ -16,6 +16,10 @@
 //! between threads: a row's result never depends on the rows beside it, at any batch
 //! size (batched decoding relies on it: `generate::batch_decodes_rows_alone`).
 //!
+//! The same tile serves two fused forms: the gated MLP's `silu(x·gateᵀ)·(x·upᵀ)`
+//! ([`silu_gated`], neither product formed) and attention's small per-head products
+//! ([`gemm_nn`], operands read in place).
+//!
 //! Where it runs: CPUs with AVX2 and FMA, unless BLAS's AVX-512 kernels and the AVX-512
 //! few-row kernel (`skinny.rs`) are there, which earlier measurements on AVX-512 machines
 //! put ahead; this kernel is only written for AVX2. `SCALPEL_BLAS=off` turns it off with
@@ -201,13 +205,111 @@ impl CustomOp1 for PackedLinear<'_> {
     }
 }
 
-/// `out ← x · wᵀ`, `out` `[m, n]` row-major, every element written (for `k > 0`);
-/// panels split into one block per thread of rayon's pool (each thread reads only its
-/// share of the weight).
+/// `silu(x · gateᵀ) · (x · upᵀ)`, the gated MLP's activation, without forming either
+/// product: per tile, the gate's and the up projection's 6 × 16 outputs go to a scratch
+/// buffer in L1 and come out combined. Gives the bits of the two products followed by
+/// [`super::gated::silu_mul`]. `None` where it does not apply: the two weights differ in
+/// shape, or `k` needs more than one pass (the gate's partial sums would need a home).
+/// The caller checks [`available`], that autograd does not track `x` and that no hook
+/// reads or writes the gate's product.
+pub(crate) fn silu_gated(x: &Tensor, gate: &Panels, up: &Panels) -> Result<Option<Tensor>> {
+    if gate.n != up.n || gate.k != up.k || gate.k > KC || gate.k == 0 {
+        return Ok(None);
+    }
+    x.contiguous()?
+        .apply_op1_no_bwd(&SiluGated(gate, up))
+        .map(Some)
+}
+
+struct SiluGated<'a>(&'a Panels, &'a Panels);
+
+impl CustomOp1 for SiluGated<'_> {
+    fn name(&self) -> &'static str {
+        "packed-silu-gated"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (gate, up) = (self.0, self.1);
+        let CpuStorage::F32(all) = s else {
+            candle_core::bail!("packed-silu-gated: f32 input only, got {:?}", s.dtype());
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("packed-silu-gated: input must be contiguous");
+        };
+        let (m, k) = l.shape().dims2()?;
+        if k != gate.k {
+            candle_core::bail!(
+                "packed-silu-gated: input width {k}, weight width {}",
+                gate.k
+            );
+        }
+        let x = &all[start..end];
+        let n = gate.n;
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        let ptr = OutPtr(out.as_mut_ptr());
+        split(m, gate, |panels| {
+            // SAFETY: `out` has room for m × n floats and nothing else refers to it;
+            // this block writes only its panels' columns.
+            unsafe { gated_block(x, m, gate, up, panels, ptr) }
+        });
+        // SAFETY: the blocks wrote every element.
+        unsafe { out.set_len(m * n) };
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// The columns of `panels` of `silu(x · gateᵀ) · (x · upᵀ)` in one pass over `k ≤ KC`.
+///
+/// # Safety
+/// As [`block`]; `gate` and `up` have one shape.
+unsafe fn gated_block(
+    x: &[f32],
+    m: usize,
+    gate: &Panels,
+    up: &Panels,
+    panels: std::ops::Range<usize>,
+    out: OutPtr,
+) {
+    let (n, k) = (gate.n, gate.k);
+    let mut g = [0f32; MR * NR];
+    let mut u = [0f32; MR * NR];
+    let mut h = [0f32; MR * NR];
+    for m0 in (0..m).step_by(MC) {
+        let mc = MC.min(m - m0);
+        for p in panels.clone() {
+            let gb = gate.data.as_ptr().add(p * k * NR);
+            let ub = up.data.as_ptr().add(p * k * NR);
+            let cols = NR.min(n - p * NR);
+            for i in (0..mc).step_by(MR) {
+                let rows = MR.min(mc - i);
+                let a = x.as_ptr().add((m0 + i) * k);
+                tile(rows, k, a, k, gb, NR, g.as_mut_ptr(), NR, true);
+                tile(rows, k, a, k, ub, NR, u.as_mut_ptr(), NR, true);
+                // The whole scratch in one call, whatever `rows`: the vector loop then
+                // covers all of it, where 16 floats a row went mostly to its scalar tail.
+                super::gated::silu_mul_into(&mut h, &g, &u);
+                for r in 0..rows {
+                    let dst =
+                        std::slice::from_raw_parts_mut(out.at((m0 + i + r) * n + p * NR), cols);
+                    dst.copy_from_slice(&h[r * NR..][..cols]);
+                }
+            }
+        }
+    }
+}
+
+/// `out ← x · wᵀ`, `out` `[m, n]` row-major, every element written (for `k > 0`).
 ///
 /// # Safety
 /// `out` must address `m × w.n` floats that nothing else reads or writes meanwhile.
 unsafe fn product(x: &[f32], m: usize, w: &Panels, out: OutPtr) {
+    // SAFETY: x is m × k and out m × n; each block writes only its panels' columns.
+    split(m, w, |panels| unsafe { block(x, m, w, panels, out) })
+}
+
+/// Runs `run` on the panels of `w` split into one range per thread of rayon's pool (each
+/// thread reads only its share of the weight), or on all of them for a small product.
+fn split(m: usize, w: &Panels, run: impl Fn(std::ops::Range<usize>) + Sync) {
     let np = w.n.div_ceil(NR);
     let threads = if m * w.n * w.k < MIN_SPLIT {
         1
@@ -215,17 +317,14 @@ unsafe fn product(x: &[f32], m: usize, w: &Panels, out: OutPtr) {
         rayon::current_num_threads().max(1)
     };
     let per = np.div_ceil(threads).max(1);
-    let run = |p0: usize| {
-        // SAFETY: x is m × k and out m × n; this block writes only the columns of
-        // panels p0..p0+per, which no other block writes.
-        unsafe { block(x, m, w, p0..(p0 + per).min(np), out) }
-    };
     let starts: Vec<usize> = (0..np).step_by(per).collect();
     if starts.len() == 1 {
-        run(0);
+        run(0..np);
     } else {
         use rayon::prelude::*;
-        starts.into_par_iter().for_each(run);
+        starts
+            .into_par_iter()
+            .for_each(|p0| run(p0..(p0 + per).min(np)));
     }
 }
 
@@ -248,7 +347,7 @@ unsafe fn block(x: &[f32], m: usize, w: &Panels, panels: std::ops::Range<usize>,
                     let a = x.as_ptr().add((m0 + i) * k + k0);
                     let c = out.at((m0 + i) * n + p * NR);
                     if cols == NR {
-                        tile(rows, kc, a, k, b, c, n, k0 == 0);
+                        tile(rows, kc, a, k, b, NR, c, n, k0 == 0);
                     } else {
                         // A last, partial panel: through a full-width buffer.
                         let mut buf = [0f32; MR * NR];
@@ -258,7 +357,7 @@ unsafe fn block(x: &[f32], m: usize, w: &Panels, panels: std::ops::Range<usize>,
                                 buf[r * NR..r * NR + cols].copy_from_slice(src);
                             }
                         }
-                        tile(rows, kc, a, k, b, buf.as_mut_ptr(), NR, k0 == 0);
+                        tile(rows, kc, a, k, b, NR, buf.as_mut_ptr(), NR, k0 == 0);
                         for r in 0..rows {
                             let dst = std::slice::from_raw_parts_mut(c.add(r * n), cols);
                             dst.copy_from_slice(&buf[r * NR..r * NR + cols]);
@@ -270,12 +369,51 @@ unsafe fn block(x: &[f32], m: usize, w: &Panels, panels: std::ops::Range<usize>,
     }
 }
 
+/// `c ← a · b` for `a` `[m, k]` (row stride `lda`) and `b` `[k, n]` (row stride `ldb`),
+/// on the calling thread, each output one FMA chain over `k` in order: attention's
+/// small per-head products, which BLAS ran at a fraction of this speed (each call
+/// zeroed its output and copied its operands). `n` is rounded up to whole panels of 16
+/// when `b` is read.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA ([`available`]); `a` addresses `m` rows of `k` floats,
+/// `b` `k` rows of at least `n.next_multiple_of(16)` floats, `c` `m` rows of `n`.
+pub(crate) unsafe fn gemm_nn(
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    (c, ldc): (*mut f32, usize),
+) {
+    if k == 0 {
+        for i in 0..m {
+            std::ptr::write_bytes(c.add(i * ldc), 0, n);
+        }
+        return;
+    }
+    for j0 in (0..n).step_by(NR) {
+        let cols = NR.min(n - j0);
+        for i in (0..m).step_by(MR) {
+            let rows = MR.min(m - i);
+            let (ai, bj, ci) = (a.add(i * lda), b.add(j0), c.add(i * ldc + j0));
+            if cols == NR {
+                tile(rows, k, ai, lda, bj, ldb, ci, ldc, true);
+            } else {
+                let mut buf = [0f32; MR * NR];
+                tile(rows, k, ai, lda, bj, ldb, buf.as_mut_ptr(), NR, true);
+                for r in 0..rows {
+                    std::ptr::copy_nonoverlapping(buf.as_ptr().add(r * NR), ci.add(r * ldc), cols);
+                }
+            }
+        }
+    }
+}
+
 /// One tile of `rows ≤ MR` rows × 16 columns over `kc` steps of `k`.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA ([`available`]); `a` addresses `rows` rows of at least `kc`
-/// floats (stride `lda`), `b` `kc × 16` packed weights, `c` `rows` rows of 16 floats
-/// (stride `ldc`).
+/// floats (stride `lda`), `b` `kc` steps of 16 weights (stride `ldb`: 16 for panels),
+/// `c` `rows` rows of 16 floats (stride `ldc`).
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     rows: usize,
@@ -283,30 +421,30 @@ unsafe fn tile(
     a: *const f32,
     lda: usize,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     first: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     match rows {
-        6 => avx2::tile6(kc, a, lda, b, c, ldc, first),
-        5 => avx2::tile5(kc, a, lda, b, c, ldc, first),
-        4 => avx2::tile4(kc, a, lda, b, c, ldc, first),
-        3 => avx2::tile3(kc, a, lda, b, c, ldc, first),
-        2 => avx2::tile2(kc, a, lda, b, c, ldc, first),
-        1 => avx2::tile1(kc, a, lda, b, c, ldc, first),
+        6 => avx2::tile6(kc, a, lda, b, ldb, c, ldc, first),
+        5 => avx2::tile5(kc, a, lda, b, ldb, c, ldc, first),
+        4 => avx2::tile4(kc, a, lda, b, ldb, c, ldc, first),
+        3 => avx2::tile3(kc, a, lda, b, ldb, c, ldc, first),
+        2 => avx2::tile2(kc, a, lda, b, ldb, c, ldc, first),
+        1 => avx2::tile1(kc, a, lda, b, ldb, c, ldc, first),
         _ => unreachable!("tiles have 1 to {MR} rows"),
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (rows, kc, a, lda, b, c, ldc, first);
+        let _ = (rows, kc, a, lda, b, ldb, c, ldc, first);
         unreachable!("no kernel is compiled for this architecture")
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::NR;
     use std::arch::x86_64::*;
 
     /// A tile of as many rows as indices given: per step of `k`, the panel's 16 weights
@@ -323,6 +461,7 @@ mod avx2 {
                 a: *const f32,
                 lda: usize,
                 b: *const f32,
+                ldb: usize,
                 c: *mut f32,
                 ldc: usize,
                 first: bool,
@@ -347,7 +486,7 @@ mod avx2 {
                         $lo = _mm256_fmadd_ps(ai, b0, $lo);
                         $hi = _mm256_fmadd_ps(ai, b1, $hi);
                     )+
-                    bk = bk.add(NR);
+                    bk = bk.add(ldb);
                     ak = ak.add(1);
                 }
                 $(
@@ -473,9 +612,10 @@ mod tests {
         2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
 
-    /// SmolLM2's shapes on one thread (`SPEED_THREADS=2` for two), weights read from
-    /// memory as a model's layers are (a fresh layer's weights each call), against
-    /// OpenBLAS on the unpacked weights where it is loaded.
+    /// SmolLM2's shapes on one thread (`SPEED_THREADS=2` for two; `SPEED_ROWS=640,…`
+    /// for other row counts than 10, 40, 120 and 512), weights read from memory as a
+    /// model's layers are (a fresh layer's weights each call), against OpenBLAS on the
+    /// unpacked weights where it is loaded.
     #[test]
     #[ignore = "a measurement, not a check"]
     fn speed() {
@@ -493,7 +633,18 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| {
-            for (n, k) in [(576, 576), (1536, 576), (576, 1536), (8192, 576)] {
+            // SPEED_ROWS=640,... for other batch sizes.
+            let rows: Vec<usize> = std::env::var("SPEED_ROWS")
+                .ok()
+                .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![10, 40, 120, 512]);
+            for (n, k) in [
+                (576, 576),
+                (192, 576),
+                (1536, 576),
+                (576, 1536),
+                (8192, 576),
+            ] {
                 let layers = (64 << 20) / (n * k * 4) + 2;
                 let ws: Vec<Vec<f32>> = (0..layers).map(|l| values(n * k, l as u64)).collect();
                 let packed: Vec<Panels> = ws.iter().map(|w| Panels::pack(w, n, k)).collect();
@@ -502,7 +653,7 @@ mod tests {
                     .iter()
                     .map(|w| Tensor::from_slice(w, (n, k), &dev).unwrap())
                     .collect();
-                for m in [10, 40, 120, 512] {
+                for &m in &rows {
                     let x = values(m * k, 9);
                     let mut out = vec![0f32; m * n];
                     let mut l = 0;

@@ -115,7 +115,8 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     // 1.5·2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = if x < -87.0 { -87.0 } else { x };
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor coefficients of exp, enough for |r| ≤ 0.35 at f32 precision.
     let p = 1.0 / 720.0;
@@ -125,7 +126,10 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let y = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `n` read off `t`'s low mantissa bits, where adding ROUND put it (ROUND's ulp is 1):
+    // `n as i32` is a saturating cast, which kept the loop from vectorising.
+    let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let y = p * f32::from_bits(((n_int + 127) as u32) << 23);
     // A select, not a branch: masked attention scores (-inf) get exactly 0.
     if x <= -87.0 {
         0.0

@@ -311,44 +311,55 @@ impl FluencyTask {
                 message: format!("context_len {} must be in 1..={max_len}", self.context_len),
             });
         }
-        let mut items = Vec::with_capacity(self.texts.len());
-        // All windows of a chunk of texts go through one batched call, which orders
-        // them longest first: chunks of many batches let neighbours pad little.
+        let encoded = self
+            .texts
+            .iter()
+            .map(|t| cx.model.encode_plain(&t.text))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Texts go through in chunks, longest first across the whole task (so that each
+        // batch's rows pad little, whichever chunk they fall in); all windows of a chunk
+        // go through one batched call.
+        let mut order: Vec<usize> = (0..self.texts.len()).collect();
+        order.sort_by_key(|&j| std::cmp::Reverse(encoded[j].len()));
+        let mut ll = vec![0.0; self.texts.len()];
         let chunk = cx.batch_size.max(1) * 16;
-        for part in self.texts.chunks(chunk) {
+        for (done, part) in order.chunks(chunk).enumerate() {
             let mut pairs = Vec::new();
             let mut owner = Vec::new();
-            let mut n_tokens = Vec::new();
-            for (j, t) in part.iter().enumerate() {
-                let ids = cx.model.encode_plain(&t.text)?;
-                n_tokens.push(ids.len());
-                for w in rolling_windows(&ids, prefix, max_len, self.context_len) {
+            for &j in part {
+                for w in rolling_windows(&encoded[j], prefix, max_len, self.context_len) {
                     pairs.push(w);
                     owner.push(j);
                 }
             }
-            let mut ll = vec![0.0; part.len()];
             // Windows of one text never share a context, so order does not matter.
-            for (o, r) in owner.iter().zip(loglikelihood_tokens(
+            for (&o, r) in owner.iter().zip(loglikelihood_tokens(
                 cx.model,
                 &pairs,
                 cx.batch_size,
                 &cx.hooks,
             )?) {
-                ll[*o] += r.logprob;
+                ll[o] += r.logprob;
             }
-            for (j, t) in part.iter().enumerate() {
-                items.push(RollingItem {
-                    idx: t.idx,
-                    loglikelihood: ll[j],
-                    n_tokens: n_tokens[j],
-                    n_words: word_count(&t.text),
-                    n_bytes: t.text.len(),
-                    group: t.group.clone(),
-                });
-            }
-            (cx.progress)(items.len(), self.texts.len());
+            (cx.progress)(
+                (done * chunk + part.len()).min(self.texts.len()),
+                self.texts.len(),
+            );
         }
+        let items: Vec<RollingItem> = self
+            .texts
+            .iter()
+            .zip(&encoded)
+            .zip(ll)
+            .map(|((t, ids), loglikelihood)| RollingItem {
+                idx: t.idx,
+                loglikelihood,
+                n_tokens: ids.len(),
+                n_words: word_count(&t.text),
+                n_bytes: t.text.len(),
+                group: t.group.clone(),
+            })
+            .collect();
         let metrics = rolling_metrics(&items);
         Ok(TaskReport {
             task: self.id.to_string(),
