@@ -178,18 +178,8 @@ impl CustomOp1 for PackedLinear<'_> {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let w = self.0;
-        let CpuStorage::F32(all) = s else {
-            candle_core::bail!("packed-linear: f32 input only, got {:?}", s.dtype());
-        };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("packed-linear: input must be contiguous");
-        };
-        let (m, k) = l.shape().dims2()?;
-        if k != w.k {
-            candle_core::bail!("packed-linear: input width {k}, weight width {}", w.k);
-        }
-        let x = &all[start..end];
-        let n = w.n;
+        let (x, m) = rows_of(self.name(), s, l, w.k)?;
+        let (n, k) = (w.n, w.k);
         if k == 0 {
             return Ok((CpuStorage::F32(vec![0f32; m * n]), Shape::from((m, n))));
         }
@@ -203,6 +193,22 @@ impl CustomOp1 for PackedLinear<'_> {
         }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
+}
+
+/// The rows of a contiguous f32 input `[m, k]` to the kernel's ops, and `m`; an error
+/// naming `op` for anything else.
+fn rows_of<'a>(op: &str, s: &'a CpuStorage, l: &Layout, k: usize) -> Result<(&'a [f32], usize)> {
+    let CpuStorage::F32(all) = s else {
+        candle_core::bail!("{op}: f32 input only, got {:?}", s.dtype());
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: input must be contiguous");
+    };
+    let (m, width) = l.shape().dims2()?;
+    if width != k {
+        candle_core::bail!("{op}: input width {width}, weight width {k}");
+    }
+    Ok((&all[start..end], m))
 }
 
 /// `silu(x · gateᵀ) · (x · upᵀ)`, the gated MLP's activation, without forming either
@@ -230,20 +236,7 @@ impl CustomOp1 for SiluGated<'_> {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (gate, up) = (self.0, self.1);
-        let CpuStorage::F32(all) = s else {
-            candle_core::bail!("packed-silu-gated: f32 input only, got {:?}", s.dtype());
-        };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("packed-silu-gated: input must be contiguous");
-        };
-        let (m, k) = l.shape().dims2()?;
-        if k != gate.k {
-            candle_core::bail!(
-                "packed-silu-gated: input width {k}, weight width {}",
-                gate.k
-            );
-        }
-        let x = &all[start..end];
+        let (x, m) = rows_of(self.name(), s, l, gate.k)?;
         let n = gate.n;
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
         let ptr = OutPtr(out.as_mut_ptr());
