@@ -145,7 +145,9 @@ pub fn attend(
             let kv = ((row * kvh) + head / rep) * total * dh;
             let mask_row = if per_row_mask { row } else { 0 };
             if own {
-                kt.clear();
+                // One size for every task of a call: zeroed once, when first made, and
+                // overwritten but for the columns past `total`, which the tile reads
+                // and no output uses.
                 kt.resize(dh * kt_stride, 0f32);
                 for (j, key) in ks[kv..kv + total * dh].chunks_exact(dh).enumerate() {
                     for (d, &x) in key.iter().enumerate() {
