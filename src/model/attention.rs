@@ -14,12 +14,16 @@
 //! hook at `attn.hook_pattern`) and no gradient flows; both forms compute the same
 //! function (tested below).
 
-use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use candle_core::{DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::blas::{self, OutPtr};
 use super::packed;
 use super::softmax::softmax_in_place;
+
+fn elements<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    blas::cpu_elements("attention", storage, layout)
+}
 
 /// Queries per block: each block's products cover only the keys it can see.
 const QUERY_BLOCK: usize = 32;
@@ -58,16 +62,6 @@ pub fn applies(ts: &[&Tensor]) -> bool {
         && ts
             .iter()
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
-}
-
-/// The elements of a contiguous f32 CPU tensor, borrowed from its storage.
-fn elements<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
-    let (Storage::Cpu(CpuStorage::F32(all)), Some((start, end))) =
-        (storage, layout.contiguous_offsets())
-    else {
-        candle_core::bail!("attention: operands must be contiguous f32 on the CPU");
-    };
-    Ok(&all[start..end])
 }
 
 /// `softmax(scale · q·kᵀ + mask) · v` for `q` `[b, t, heads, dh]`, `k`, `v`

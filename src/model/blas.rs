@@ -285,6 +285,21 @@ impl OutPtr {
     }
 }
 
+/// The elements of a contiguous f32 CPU tensor, borrowed from its storage (`op` names
+/// the op in the error).
+pub(crate) fn cpu_elements<'a>(
+    op: &str,
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+) -> Result<&'a [f32]> {
+    let (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((start, end))) =
+        (storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("{op}: operands must be contiguous f32 on the CPU");
+    };
+    Ok(&all[start..end])
+}
+
 /// The elements of two contiguous f32 CPU operands of the CPU ops here (`op` names the
 /// op in the error).
 pub(crate) fn f32_operands<'a>(

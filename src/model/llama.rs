@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::attention;
 use super::hooks::{ActivationCache, HookPoint, Hooks};
 use super::ops::{self, Rope, Weight};
+use super::residual;
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
 /// `config.json` as Hugging Face writes it for `LlamaForCausalLM`.
@@ -243,8 +244,18 @@ impl Llama {
         } else {
             rope(q.transpose(1, 2)?.contiguous()?)?
         };
-        let k = rope(k.transpose(1, 2)?.contiguous()?)?;
-        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = if fused {
+            let v = match super::rotary::relayout(&v, None, true)? {
+                Some(v) => v,
+                None => v.transpose(1, 2)?.contiguous()?,
+            };
+            (self.rope.apply_heads_first(&k, offset, rows.as_deref())?, v)
+        } else {
+            (
+                rope(k.transpose(1, 2)?.contiguous()?)?,
+                v.transpose(1, 2)?.contiguous()?,
+            )
+        };
         let (k, v) = match kv {
             Some(kv) => kv.append(layer, k, v)?,
             None => (k, v),
@@ -306,11 +317,13 @@ impl Llama {
         let h = ops::rms_norm(&resid_pre, &blk.ln1, self.cfg.rms_eps)?;
         let attn = self.attention(l, &h, offset, kv, mask, hooks, cache)?;
         let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, cache)?;
-        let resid_mid = hooks.apply(HookPoint::ResidMid(l), (resid_pre + attn)?, offset, cache)?;
+        let resid_mid = residual::add(&resid_pre, &attn)?;
+        let resid_mid = hooks.apply(HookPoint::ResidMid(l), resid_mid, offset, cache)?;
         let h = ops::rms_norm(&resid_mid, &blk.ln2, self.cfg.rms_eps)?;
         let mlp = self.mlp(l, &h, offset, hooks, cache)?;
         let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, offset, cache)?;
-        hooks.apply(HookPoint::ResidPost(l), (resid_mid + mlp)?, offset, cache)
+        let resid_post = residual::add(&resid_mid, &mlp)?;
+        hooks.apply(HookPoint::ResidPost(l), resid_post, offset, cache)
     }
 
     fn forward_inner(

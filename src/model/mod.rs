@@ -21,6 +21,8 @@ pub mod norm;
 pub mod ops;
 pub mod packed;
 pub mod prefix_memo;
+pub mod residual;
+pub mod rotary;
 pub mod skinny;
 pub mod softmax;
 pub mod source;
@@ -472,13 +474,7 @@ pub(crate) fn logits_at(
 /// are an error here, where they appear, rather than scores that look like numbers
 /// downstream: an argmax over NaN still picks an answer.
 pub(crate) fn check_finite(logits: &Tensor) -> Result<(), ModelError> {
-    // One reduction in the common case; the sum of finite logits overflows only for
-    // absurd magnitudes, which the element scan below then tells apart.
-    let sum = logits
-        .sum_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_scalar::<f32>()?;
-    if sum.is_finite() {
+    if all_finite(logits)? {
         return Ok(());
     }
     let (b, t, v) = logits.dims3()?;
@@ -498,6 +494,38 @@ pub(crate) fn check_finite(logits: &Tensor) -> Result<(), ModelError> {
         });
     }
     Ok(())
+}
+
+/// Whether every element of `t` is finite, in the common case without naming the first
+/// that is not. f32 CPU tensors: in parallel, each element times zero summed in lanes
+/// (zero, unless an infinity or a NaN makes it NaN), as candle's serial `sum_all` was
+/// ~1% of a perplexity run's wall time. Elsewhere one reduction: the sum of finite
+/// logits overflows only for absurd magnitudes, which [`check_finite`]'s scan tells
+/// apart.
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    use rayon::prelude::*;
+    const LANES: usize = 16;
+    if t.device().is_cpu() && t.dtype() == candle_core::DType::F32 {
+        let t = t.contiguous()?;
+        let (s, l) = t.storage_and_layout();
+        let xs = blas::cpu_elements("finite check", &s, l)?;
+        return Ok(xs.par_chunks(1 << 16).all(|c| {
+            let mut lanes = [0f32; LANES];
+            let mut chunks = c.chunks_exact(LANES);
+            for ch in &mut chunks {
+                for (l, &v) in lanes.iter_mut().zip(ch) {
+                    *l += v * 0.0;
+                }
+            }
+            let tail = chunks.remainder().iter().map(|&v| v * 0.0).sum::<f32>();
+            (lanes.iter().sum::<f32>() + tail).is_finite()
+        }));
+    }
+    let sum = t
+        .sum_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(sum.is_finite())
 }
 
 /// [`Transformer::forward_blocks`] for an architecture whose `block(l, x, cache)` runs

@@ -7,6 +7,8 @@
 //! tensor ops where autograd tracks it); both compute the same function to f32 rounding
 //! (tested below).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -47,16 +49,20 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = super::blas::f32_operands(self.name(), (s1, l1), (s2, l2))?;
         let d = w.len();
-        let mut out = vec![0f32; x.len()];
+        // Not zeroed: every element is written, and zeroing was a serial pass.
+        let mut out: Vec<f32> = Vec::with_capacity(x.len());
         let rows = (CHUNK / d).max(1) * d;
-        out.par_chunks_mut(rows)
+        out.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(rows)
             .zip(x.par_chunks(rows))
             .for_each(|(o, x)| norm_rows(o, x, w, self.0));
+        // SAFETY: norm_rows wrote each of the x.len() elements.
+        unsafe { out.set_len(x.len()) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+fn norm_rows(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
     if super::softmax::avx2_fma() {
         // SAFETY: the CPU has the features the function is compiled for.
@@ -67,12 +73,12 @@ fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn norm_rows_avx2(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+unsafe fn norm_rows_avx2(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
     norm_rows_body(out, x, w, eps)
 }
 
 #[inline(always)]
-fn norm_rows_body(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+fn norm_rows_body(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
     for (o, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
         let mut lanes = [0f32; LANES];
@@ -86,7 +92,7 @@ fn norm_rows_body(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
         let sum2 = lanes.iter().sum::<f32>() + tail;
         let m = (sum2 / d as f32 + eps).sqrt();
         for ((o, &v), &a) in o.iter_mut().zip(x).zip(w) {
-            *o = v / m * a;
+            o.write(v / m * a);
         }
     }
 }

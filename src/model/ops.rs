@@ -114,9 +114,49 @@ impl Rope {
     /// [`Rope::apply_rows`]). Forward only: for the fused attention, which never runs
     /// under autograd.
     pub fn apply_thd(&self, x: &Tensor, offset: usize, rows: Option<&[u32]>) -> Result<Tensor> {
+        if let Some(y) = self.rotate_cpu(x, offset, rows, false)? {
+            return Ok(y);
+        }
         let (b, t, _, _) = x.dims4()?;
         let (cos, sin) = self.tables(x, b, t, offset, rows)?;
         candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &cos, &sin)
+    }
+
+    /// Rotate `x` `[b, t, heads, dh]` as [`Rope::apply_thd`] does, returned as
+    /// `[b, heads, t, dh]` (keys for the KV cache and the fused attention): the same as
+    /// transposing first and then [`Rope::apply`] / [`Rope::apply_rows`].
+    pub fn apply_heads_first(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        rows: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        if let Some(y) = self.rotate_cpu(x, offset, rows, true)? {
+            return Ok(y);
+        }
+        let x = x.transpose(1, 2)?.contiguous()?;
+        match rows {
+            Some(pos) => self.apply_rows(&x, pos),
+            None => self.apply(&x, offset),
+        }
+    }
+
+    /// [`super::rotary::relayout`] with this table's angles; `None` where it does not
+    /// apply.
+    fn rotate_cpu(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        rows: Option<&[u32]>,
+        heads_first: bool,
+    ) -> Result<Option<Tensor>> {
+        let angles = super::rotary::Angles {
+            cos: &self.cos,
+            sin: &self.sin,
+            offset,
+            rows,
+        };
+        super::rotary::relayout(x, Some(&angles), heads_first)
     }
 
     /// Rotate `x` `[b, heads, t, dh]` whose first position is `offset`.
