@@ -316,3 +316,40 @@ fn items_that_share_a_stem_score_what_each_scores_alone() {
         assert_eq!(replayed, full, "{}", m.name);
     }
 }
+
+/// Sequences of different lengths run side by side (SmolLM2 lays them end to end, no
+/// padding) give each position the logits the sequence gets run alone, and the rows
+/// asked for in the order asked; with a hook they take the padded batch, and agree too.
+#[test]
+fn sequences_side_by_side_give_what_each_gives_alone() {
+    use scalpel::model::hooks::AddTensor;
+    use scalpel::model::{HookPoint, Writer};
+    let m = common::smollm2();
+    let texts = [
+        "The man broke his toe because he dropped a hammer.",
+        "Paris is",
+        "On Saturday morning Maria walked to the market, bought apples and bread, and then \
+         went home to cook a long lunch for her family and friends.",
+        "Q: Is water wet?\nA: yes",
+    ];
+    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| m.encode_plain(t).unwrap()).collect();
+    let n: usize = seqs.iter().map(Vec::len).sum();
+    // Every position, the last sequence's first.
+    let last = n - seqs[3].len();
+    let rows: Vec<u32> = (last..n).chain(0..last).map(|r| r as u32).collect();
+    let offset = candle_core::Tensor::full(0.25f32, m.model.info().d_model, m.device()).unwrap();
+    let steer = Hooks::new().write(Writer::new(HookPoint::ResidPost(3), AddTensor(offset)));
+    for hooks in [Hooks::new(), steer] {
+        let together = m.model.forward_seqs(&seqs, 0, &hooks, &rows).unwrap();
+        assert_eq!(together.dims(), &[n, m.model.info().vocab_size]);
+        let alone: Vec<candle_core::Tensor> = seqs
+            .iter()
+            .map(|s| m.forward_ids(s, &hooks).unwrap().logits.squeeze(0).unwrap())
+            .collect();
+        let alone = candle_core::Tensor::cat(&alone, 0).unwrap();
+        let index = candle_core::Tensor::new(rows.as_slice(), m.device()).unwrap();
+        let want = alone.index_select(&index, 0).unwrap();
+        let diff = common::max_abs_diff(&together, &want);
+        assert!(diff < 1e-4, "hooks {}: max |Δ| {diff}", !hooks.is_empty());
+    }
+}

@@ -107,37 +107,194 @@ pub fn attend(
         Some((g, l)) => Some(elements(g, l)?),
         None => None,
     };
+    let rows: Vec<Row> = (0..b)
+        .map(|r| Row {
+            q_at: r * t,
+            len: t,
+            kv_at: r * kvh * total,
+            total,
+        })
+        .collect();
+    let mask = match ms {
+        None => Mask::None,
+        Some(m) => Mask::Given { m, per_row_mask },
+    };
+    let out = run(
+        Operands {
+            qs,
+            ks,
+            vs,
+            h,
+            kvh,
+            dh,
+        },
+        &rows,
+        mask,
+        scale as f32,
+    );
+    let dev = q.device().clone();
+    drop((qg, kg, vg, mask_guard));
+    Tensor::from_vec(out, (b, t, h, dh), &dev)
+}
+
+/// [`attend`] for sequences laid end to end without padding: `q` `[1, n, heads, dh]`,
+/// `k`, `v` `[1, kv_heads, n, dh]`, sequence `i` at positions `segments[i]` (start,
+/// length; together covering `0..n` in order), each attending causally within itself.
+/// Gives each sequence what [`attend`] gives it as a row of a right-padded batch under
+/// a causal mask, to f32 rounding: a padded row's last query block spans keys up to the
+/// batch's width, so its softmax also sums the padding's zero probabilities, in other
+/// lanes (tested below). Here a sequence's result does not depend on its neighbours.
+pub fn attend_segments(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: &[(usize, usize)],
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, n, h, dh) = q.dims4()?;
+    let (kb, kvh, kn, kdh) = k.dims4()?;
+    let tiles = segments
+        .iter()
+        .try_fold(0, |at, &(s, l)| (s == at).then_some(s + l));
+    if b != 1
+        || kb != 1
+        || kn != n
+        || kdh != dh
+        || v.dims4()? != (1, kvh, n, dh)
+        || kvh == 0
+        || h % kvh != 0
+        || tiles != Some(n)
+    {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} and {} segments do not fit together",
+            q.shape(),
+            k.shape(),
+            v.shape(),
+            segments.len()
+        );
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (qg, ql) = q.storage_and_layout();
+    let (kg, kl) = k.storage_and_layout();
+    let (vg, vl) = v.storage_and_layout();
+    let (qs, ks, vs) = (elements(&qg, ql)?, elements(&kg, kl)?, elements(&vg, vl)?);
+    let rows: Vec<Row> = segments
+        .iter()
+        .map(|&(start, len)| Row {
+            q_at: start,
+            len,
+            kv_at: start,
+            total: len,
+        })
+        .collect();
+    let out = run(
+        Operands {
+            qs,
+            ks,
+            vs,
+            h,
+            kvh,
+            dh,
+        },
+        &rows,
+        Mask::Causal { n },
+        scale as f32,
+    );
+    let dev = q.device().clone();
+    drop((qg, kg, vg));
+    Tensor::from_vec(out, (1, n, h, dh), &dev)
+}
+
+/// The flattened operands: `qs` `[.., heads, dh]` by query position; `ks`, `vs` by key
+/// position, the key/value heads' blocks as [`Row::kv_at`] says.
+struct Operands<'a> {
+    qs: &'a [f32],
+    ks: &'a [f32],
+    vs: &'a [f32],
+    h: usize,
+    kvh: usize,
+    dh: usize,
+}
+
+/// One attending sequence: its `len` queries from query position `q_at`, its `total`
+/// keys from key position `kv_at` of key/value head 0 (head `j`'s are `j · stride`
+/// positions on, where the stride is the keys per head block: `total` for a padded
+/// batch's row, `n` for segments).
+struct Row {
+    q_at: usize,
+    len: usize,
+    kv_at: usize,
+    total: usize,
+}
+
+/// What each query may see.
+enum Mask<'a> {
+    None,
+    /// An additive mask `[t, total]`, or per row `[b, 1, t, total]`.
+    Given {
+        m: &'a [f32],
+        per_row_mask: bool,
+    },
+    /// Keys up to the query's own position in its sequence, with `n` keys per head
+    /// block.
+    Causal {
+        n: usize,
+    },
+}
+
+/// The (row, head) tasks over `rows`; the output `[.., heads, dh]` by query position.
+fn run(o: Operands, rows: &[Row], mask: Mask, scale: f32) -> Vec<f32> {
+    let Operands {
+        qs,
+        ks,
+        vs,
+        h,
+        kvh,
+        dh,
+    } = o;
     let rep = h / kvh;
+    let n_q: usize = rows.iter().map(|r| r.len).sum();
+    let widest = rows.iter().map(|r| r.total).max().unwrap_or(0);
+    let longest = rows.iter().map(|r| r.len).max().unwrap_or(0);
+    // Keys per key/value head block.
+    let head_stride = match mask {
+        Mask::Causal { n } => n,
+        _ => widest,
+    };
     // The keys each block of queries can see: with a causal mask the first block's
     // queries see only the first keys, so a block's products and softmax cover just
     // the columns where some query of the block has a finite mask entry (the rest would
     // get probability exactly 0). Halves a prefill's attention work.
-    let mask_rows = if per_row_mask { b } else { 1 };
-    let blocks = t.div_ceil(QUERY_BLOCK);
-    let spans: Vec<(usize, usize)> = match ms {
-        None => vec![(0, total); blocks],
-        Some(m) => (0..mask_rows * blocks)
-            .map(|rb| {
-                let (r, qb) = (rb / blocks, rb % blocks);
-                let (i0, i1) = block_rows(qb, t);
-                visible_span(&m[(r * t + i0) * total..(r * t + i1) * total], total)
-            })
-            .collect(),
+    let blocks = longest.div_ceil(QUERY_BLOCK);
+    let spans: Vec<(usize, usize)> = match mask {
+        Mask::None => vec![(0, widest); blocks],
+        // Per row, below.
+        Mask::Causal { .. } => Vec::new(),
+        Mask::Given { m, per_row_mask } => {
+            let (t, total) = (longest, widest);
+            (0..if per_row_mask { rows.len() } else { 1 } * blocks)
+                .map(|rb| {
+                    let (r, qb) = (rb / blocks, rb % blocks);
+                    let (i0, i1) = block_rows(qb, t);
+                    visible_span(&m[(r * t + i0) * total..(r * t + i1) * total], total)
+                })
+                .collect()
+        }
     };
-    let mut out: Vec<f32> = Vec::with_capacity(b * t * h * dh);
+    let mut out: Vec<f32> = Vec::with_capacity(n_q * h * dh);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let scale = scale as f32;
     // The packed kernel's tile where it runs (heads of whole 16-float panels), else BLAS.
     let own = packed::available() && dh % 16 == 0;
     // This head's keys transposed, `[dh, total + 16]`: the tile reads the keys of a
     // block in whole panels of 16 from `lo`, so each row has room past `total`.
-    let kt_stride = total + 16;
-    (0..b * h).into_par_iter().for_each_init(
-        || (vec![0f32; QUERY_BLOCK.min(t) * total], Vec::new()),
+    let kt_stride = widest + 16;
+    (0..rows.len() * h).into_par_iter().for_each_init(
+        || (vec![0f32; QUERY_BLOCK.min(longest) * widest], Vec::new()),
         |(scores, kt), bh| {
-            let (row, head) = (bh / h, bh % h);
-            let kv = ((row * kvh) + head / rep) * total * dh;
-            let mask_row = if per_row_mask { row } else { 0 };
+            let (r, head) = (bh / h, bh % h);
+            let row = &rows[r];
+            let (t, total) = (row.len, row.total);
+            let kv = ((head / rep) * head_stride + row.kv_at) * dh;
             if own {
                 // One size for every task of a call: zeroed once, when first made, and
                 // overwritten but for the columns past `total`, which the tile reads
@@ -149,17 +306,23 @@ pub fn attend(
                     }
                 }
             }
-            for qb in 0..blocks {
+            for qb in 0..t.div_ceil(QUERY_BLOCK) {
                 let (i0, i1) = block_rows(qb, t);
-                let (lo, hi) = spans[mask_row * blocks + qb];
+                let (lo, hi) = match mask {
+                    Mask::Causal { .. } => (0, i1),
+                    Mask::Given {
+                        per_row_mask: true, ..
+                    } => spans[r * blocks + qb],
+                    _ => spans[qb],
+                };
                 let (n_q, n_k) = (i1 - i0, hi - lo);
-                let q0 = ((row * t + i0) * h + head) * dh;
+                let q0 = ((row.q_at + i0) * h + head) * dh;
                 let scores = &mut scores[..n_q * n_k];
-                // SAFETY: q is [b, t, h, dh] (row stride h·dh from q0), k and v are
-                // [b, kvh, total, dh] (this head's block from kv, keys lo..hi), kt is
-                // this head's keys transposed with rows of total + 16, scores holds
-                // n_q×n_k, and this task alone writes out's columns head·dh.. of row
-                // `row`'s positions i0..i1.
+                // SAFETY: q holds h·dh floats per query position (row stride h·dh from
+                // q0); this head's keys and values are `total` rows of dh from kv (keys
+                // lo..hi used); kt is those keys transposed with rows of kt_stride;
+                // scores holds n_q×n_k; and this task alone writes out's columns
+                // head·dh.. of the row's positions i0..i1.
                 unsafe {
                     if own {
                         packed::gemm_nn(
@@ -180,14 +343,24 @@ pub fn attend(
                     }
                 }
                 for (i, s) in scores.chunks_exact_mut(n_k).enumerate() {
-                    match ms {
-                        Some(m) => {
-                            let m0 = (mask_row * t + i0 + i) * total;
+                    match mask {
+                        Mask::Given { m, per_row_mask } => {
+                            let mr = if per_row_mask { r } else { 0 };
+                            let m0 = (mr * t + i0 + i) * total;
                             for (x, &a) in s.iter_mut().zip(&m[m0 + lo..m0 + hi]) {
                                 *x = *x * scale + a;
                             }
                         }
-                        None => s.iter_mut().for_each(|x| *x *= scale),
+                        // The additions of a causal mask's entries (0 up to the query,
+                        // -inf after), as the padded form makes them.
+                        Mask::Causal { .. } => {
+                            let seen = i0 + i + 1 - lo;
+                            for (j, x) in s.iter_mut().enumerate() {
+                                let a = if j < seen { 0.0 } else { f32::NEG_INFINITY };
+                                *x = *x * scale + a;
+                            }
+                        }
+                        Mask::None => s.iter_mut().for_each(|x| *x *= scale),
                     }
                     softmax_in_place(s);
                 }
@@ -214,11 +387,9 @@ pub fn attend(
             }
         },
     );
-    // SAFETY: the b·h tasks wrote every (row, position, head) block of dh elements.
-    unsafe { out.set_len(b * t * h * dh) };
-    let dev = q.device().clone();
-    drop((qg, kg, vg, mask_guard));
-    Tensor::from_vec(out, (b, t, h, dh), &dev)
+    // SAFETY: the tasks wrote every (query position, head) block of dh elements.
+    unsafe { out.set_len(n_q * h * dh) };
+    out
 }
 
 #[cfg(test)]
@@ -275,6 +446,49 @@ mod tests {
             }
             let bad = Tensor::zeros((t, total + 1), DType::F32, &dev).unwrap();
             assert!(attend(&q, &k, &v, Some(&bad), 0.3).is_err());
+        }
+    }
+
+    /// Sequences laid end to end give what each gets as a row of a right-padded batch
+    /// under a causal mask, to rounding (lengths cross query blocks and 16-key panels).
+    #[test]
+    fn segments_give_what_padded_rows_give() {
+        let dev = Device::Cpu;
+        let lens = [5usize, 37, 70, 1, 33];
+        let width = *lens.iter().max().unwrap();
+        let n: usize = lens.iter().sum();
+        for (h, kvh, dh) in [(6, 2, 64), (4, 2, 8)] {
+            let q = Tensor::randn(0f32, 1.0, (lens.len(), width, h, dh), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (lens.len(), kvh, width, dh), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (lens.len(), kvh, width, dh), &dev).unwrap();
+            if !applies(&[&q, &k, &v]) {
+                eprintln!("no OpenBLAS on this machine: the composed form runs");
+                return;
+            }
+            let causal = ops::causal_mask(width, 0, DType::F32, &dev).unwrap();
+            let padded = attend(&q, &k, &v, Some(&causal), 0.3).unwrap();
+            // The real positions of each row, end to end.
+            let cat = |x: &Tensor, dim: usize| {
+                let parts: Vec<Tensor> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| x.narrow(0, i, 1).unwrap().narrow(dim, 0, l).unwrap())
+                    .collect();
+                Tensor::cat(&parts, dim).unwrap()
+            };
+            let mut segments = Vec::new();
+            let mut at = 0;
+            for &l in &lens {
+                segments.push((at, l));
+                at += l;
+            }
+            let got =
+                attend_segments(&cat(&q, 1), &cat(&k, 2), &cat(&v, 2), &segments, 0.3).unwrap();
+            assert_eq!(got.dims(), &[1, n, h, dh]);
+            let want = cat(&padded, 1);
+            assert!(max_diff(&got, &want) < 1e-6, "{}", max_diff(&got, &want));
+            let gaps = [(0, 5), (6, 37)];
+            assert!(attend_segments(&cat(&q, 1), &cat(&k, 2), &cat(&v, 2), &gaps, 0.3).is_err());
         }
     }
 

@@ -218,7 +218,7 @@ impl Llama {
         x: &Tensor,
         offset: usize,
         kv: Option<&mut KvCache>,
-        mask: Option<&Tensor>,
+        extent: Extent,
         hooks: &Hooks,
         cache: &mut ActivationCache,
     ) -> candle_core::Result<Tensor> {
@@ -231,16 +231,23 @@ impl Llama {
         let q = hooks.apply(HookPoint::AttnQ(layer), q, offset, cache)?;
         let k = hooks.apply(HookPoint::AttnK(layer), k, offset, cache)?;
         let v = hooks.apply(HookPoint::AttnV(layer), v, offset, cache)?;
-        let rows = kv.as_ref().and_then(|kv| kv.row_positions(t, offset));
-        let rope = |x: Tensor| match &rows {
+        let cached_rows = kv.as_ref().and_then(|kv| kv.row_positions(t, offset));
+        let rows = match extent {
+            Extent::Segments(_, pos) => Some(pos),
+            Extent::Batch(_) => cached_rows.as_deref(),
+        };
+        let rope = |x: Tensor| match rows {
             Some(pos) => self.rope.apply_rows(&x, pos),
             None => self.rope.apply(&x, offset),
         };
         let fused =
             attention::applies(&[&q, &k, &v]) && !hooks.touches(HookPoint::AttnPattern(layer));
+        if let (Extent::Segments(..), false) = (extent, fused) {
+            candle_core::bail!("sequences laid end to end need the fused attention");
+        }
         // [b, heads, t, dh]; the fused form takes q in its own [b, t, heads, dh].
         let q = if fused {
-            self.rope.apply_thd(&q, offset, rows.as_deref())?
+            self.rope.apply_thd(&q, offset, rows)?
         } else {
             rope(q.transpose(1, 2)?.contiguous()?)?
         };
@@ -249,7 +256,7 @@ impl Llama {
                 Some(v) => v,
                 None => v.transpose(1, 2)?.contiguous()?,
             };
-            (self.rope.apply_heads_first(&k, offset, rows.as_deref())?, v)
+            (self.rope.apply_heads_first(&k, offset, rows)?, v)
         } else {
             (
                 rope(k.transpose(1, 2)?.contiguous()?)?,
@@ -261,9 +268,14 @@ impl Llama {
             None => (k, v),
         };
         let scale = 1.0 / (c.d_head as f64).sqrt();
-        let z = if fused {
+        let z = if let Extent::Segments(segments, _) = extent {
+            attention::attend_segments(&q, &k, &v, segments, scale)? // [1, n, h, dh]
+        } else if let (true, Extent::Batch(mask)) = (fused, extent) {
             attention::attend(&q, &k, &v, mask, scale)? // [b, t, h, dh]
         } else {
+            let Extent::Batch(mask) = extent else {
+                unreachable!("segments take the fused form")
+            };
             let rep = c.n_heads / c.n_kv_heads;
             let k = ops::repeat_kv(&k, rep)?.contiguous()?;
             let v = ops::repeat_kv(&v, rep)?.contiguous()?;
@@ -308,14 +320,14 @@ impl Llama {
         resid: Tensor,
         offset: usize,
         kv: Option<&mut KvCache>,
-        mask: Option<&Tensor>,
+        extent: Extent,
         hooks: &Hooks,
         cache: &mut ActivationCache,
     ) -> candle_core::Result<Tensor> {
         let blk = &self.blocks[l];
         let resid_pre = hooks.apply(HookPoint::ResidPre(l), resid, offset, cache)?;
         let h = ops::rms_norm(&resid_pre, &blk.ln1, self.cfg.rms_eps)?;
-        let attn = self.attention(l, &h, offset, kv, mask, hooks, cache)?;
+        let attn = self.attention(l, &h, offset, kv, extent, hooks, cache)?;
         let attn = hooks.apply(HookPoint::AttnOut(l), attn, offset, cache)?;
         let resid_mid = residual::add(&resid_pre, &attn)?;
         let resid_mid = hooks.apply(HookPoint::ResidMid(l), resid_mid, offset, cache)?;
@@ -358,7 +370,7 @@ impl Llama {
                 resid,
                 offset,
                 kv.as_deref_mut(),
-                mask.as_ref(),
+                Extent::Batch(mask.as_ref()),
                 hooks,
                 &mut cache,
             )?;
@@ -368,10 +380,49 @@ impl Llama {
         Ok(ForwardOutput { logits, cache })
     }
 
+    /// [`Transformer::forward_seqs`] without padding: the sequences end to end as one
+    /// row of `n` positions, where every op but RoPE and attention works position by
+    /// position; those take each position's place in its sequence and attend within it
+    /// ([`attention::attend_segments`]). For calls without hooks (positions would mean
+    /// something else here) or a prefix memo, where the fused attention runs.
+    fn forward_segments(&self, seqs: &[Vec<u32>], rows: &[u32]) -> candle_core::Result<Tensor> {
+        let ids: Vec<u32> = seqs.concat();
+        let n = ids.len();
+        let segments: Vec<(usize, usize)> = super::seq_starts(seqs)
+            .into_iter()
+            .zip(seqs.iter().map(Vec::len))
+            .collect();
+        let positions: Vec<u32> = seqs.iter().flat_map(|s| 0..s.len() as u32).collect();
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let d = self.cfg.d_model;
+        let mut resid = self.embed.index_select(&ids, 0)?.reshape((1, n, d))?;
+        let (hooks, mut cache) = (Hooks::default(), ActivationCache::default());
+        let extent = Extent::Segments(&segments, &positions);
+        for l in 0..self.cfg.n_layers {
+            resid = self.block(l, resid, 0, None, extent, &hooks, &mut cache)?;
+        }
+        let index = Tensor::new(rows, &self.device)?;
+        let picked = resid
+            .reshape((n, d))?
+            .index_select(&index, 0)?
+            .unsqueeze(0)?;
+        self.unembed_inner(&picked)
+    }
+
     fn unembed_inner(&self, resid: &Tensor) -> candle_core::Result<Tensor> {
         let h = ops::rms_norm(resid, &self.norm, self.cfg.rms_eps)?;
         ops::linear(&h, &self.lm_head, None)
     }
+}
+
+/// The positions each query sees in a call.
+#[derive(Clone, Copy)]
+enum Extent<'a> {
+    /// Rows of a batch under an additive mask (`None`: nothing masked).
+    Batch(Option<&'a Tensor>),
+    /// Sequences laid end to end in one row: each one's (start, length), and each
+    /// position's place in its sequence.
+    Segments(&'a [(usize, usize)], &'a [u32]),
 }
 
 impl Transformer for Llama {
@@ -404,12 +455,35 @@ impl Transformer for Llama {
     ) -> Result<(Tensor, ActivationCache), ModelError> {
         let mask = super::attention_mask(None, resid.dim(1)?, 0, resid.dtype(), &self.device)?;
         super::run_blocks(&self.info, resid, layers, hooks, |l, x, cache| {
-            self.block(l, x, 0, None, mask.as_ref(), hooks, cache)
+            self.block(l, x, 0, None, Extent::Batch(mask.as_ref()), hooks, cache)
         })
     }
 
     fn unembed(&self, resid: &Tensor) -> Result<Tensor, ModelError> {
         Ok(self.unembed_inner(resid)?)
+    }
+
+    fn forward_seqs(
+        &self,
+        seqs: &[Vec<u32>],
+        pad: u32,
+        hooks: &Hooks,
+        rows: &[u32],
+    ) -> Result<Tensor, ModelError> {
+        let fits = |s: &Vec<u32>| !s.is_empty() && s.len() <= self.info.max_positions;
+        let n: usize = seqs.iter().map(Vec::len).sum();
+        // A memo records the padded batches' streams for the cases that replay them.
+        if !hooks.is_empty()
+            || hooks.memo().is_some()
+            || !attention::applies(&[&self.embed])
+            || !seqs.iter().all(fits)
+            || rows.iter().any(|&r| r as usize >= n)
+        {
+            return super::forward_seqs_padded(self, seqs, pad, hooks, rows);
+        }
+        let logits = self.forward_segments(seqs, rows)?;
+        super::check_finite(&logits)?;
+        Ok(logits.squeeze(0)?)
     }
 
     fn token_embeddings(&self) -> &Tensor {

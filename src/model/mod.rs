@@ -496,6 +496,43 @@ pub(crate) fn check_finite(logits: &Tensor) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// [`Transformer::forward_seqs`] through one right-padded batch.
+pub(crate) fn forward_seqs_padded<M: Transformer + ?Sized>(
+    m: &M,
+    seqs: &[Vec<u32>],
+    pad: u32,
+    hooks: &Hooks,
+    rows: &[u32],
+) -> Result<Tensor, ModelError> {
+    if seqs.is_empty() {
+        return Err(ModelError::Call("no sequences to run".into()));
+    }
+    let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let ids = generate::pad_right(seqs, pad, m.device())?;
+    let starts = seq_starts(seqs);
+    let padded: Vec<u32> = rows
+        .iter()
+        .map(|&r| {
+            let i = starts
+                .partition_point(|&s| s <= r as usize)
+                .saturating_sub(1);
+            (i * width + r as usize - starts[i]) as u32
+        })
+        .collect();
+    m.forward_rows(&ids, None, hooks, &padded)
+}
+
+/// Where each of `seqs` starts when they are laid end to end.
+pub(crate) fn seq_starts(seqs: &[Vec<u32>]) -> Vec<usize> {
+    seqs.iter()
+        .scan(0, |at, s| {
+            let start = *at;
+            *at += s.len();
+            Some(start)
+        })
+        .collect()
+}
+
 /// Whether every element of `t` is finite, in the common case without naming the first
 /// that is not. f32 CPU tensors: in parallel, each element times zero summed in lanes
 /// (zero, unless an infinity or a NaN makes it NaN), as candle's serial `sum_all` was
@@ -644,6 +681,21 @@ pub trait Transformer: Send + Sync {
         let logits = self.unembed(&picked)?;
         check_finite(&logits)?;
         Ok(logits.squeeze(0)?)
+    }
+
+    /// Logits `[rows.len(), vocab]` for sequences run side by side from position 0
+    /// (no KV cache), at `rows`: indices into the sequences' positions laid end to end.
+    /// This form right-pads them with `pad` into one batch for
+    /// [`Transformer::forward_rows`]; an architecture that can run them unpadded
+    /// overrides it (no work on padding), giving each sequence's logits to f32 rounding.
+    fn forward_seqs(
+        &self,
+        seqs: &[Vec<u32>],
+        pad: u32,
+        hooks: &Hooks,
+        rows: &[u32],
+    ) -> Result<Tensor, ModelError> {
+        forward_seqs_padded(self, seqs, pad, hooks, rows)
     }
 
     /// The token embedding matrix `[vocab, d]` (its spread sets causal tracing's noise).

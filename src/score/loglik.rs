@@ -546,9 +546,18 @@ fn score_runs(
         })
         .collect();
     let logits = m.forward_rows(ids, kv, hooks, &rows)?;
+    score_in_turn(&logits, runs.iter().map(|(_, cont)| *cont))
+}
+
+/// Per-token scores of each of `conts` from `logits`, whose rows predict them one
+/// continuation after another.
+fn score_in_turn<'a>(
+    logits: &Tensor,
+    conts: impl Iterator<Item = &'a [u32]>,
+) -> Result<Vec<Vec<(f64, bool)>>, ModelError> {
     let mut first = 0;
-    runs.iter()
-        .map(|(_, cont)| {
+    conts
+        .map(|cont| {
             let rows = logits.narrow(0, first, cont.len())?;
             first += cont.len();
             score_rows(&rows, cont)
@@ -577,15 +586,16 @@ fn score_batch(
         inputs.push(whole);
         conts.push(&p.continuation[p.continuation.len() - n_cont..]);
     }
-    // Positions len-n .. len of each row predict its n continuation tokens.
-    let m = model.model.as_ref();
-    let ids = pad_right(&inputs, pad, m.device())?;
-    let runs: Vec<(usize, &[u32])> = inputs
-        .iter()
-        .zip(conts)
-        .map(|(whole, cont)| (whole.len() - cont.len(), cont))
-        .collect();
-    Ok(score_runs(m, &ids, None, hooks, &runs)?
+    // Positions len-n .. len of each sequence predict its n continuation tokens; the
+    // model runs the sequences unpadded where it can.
+    let mut rows = Vec::new();
+    let mut at = 0;
+    for (whole, cont) in inputs.iter().zip(&conts) {
+        rows.extend((at + whole.len() - cont.len()..at + whole.len()).map(|r| r as u32));
+        at += whole.len();
+    }
+    let logits = model.model.forward_seqs(&inputs, pad, hooks, &rows)?;
+    Ok(score_in_turn(&logits, conts.into_iter())?
         .iter()
         .map(|per_token| response(per_token))
         .collect())
