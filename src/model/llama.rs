@@ -268,24 +268,24 @@ impl Llama {
             None => (k, v),
         };
         let scale = 1.0 / (c.d_head as f64).sqrt();
-        let z = if let Extent::Segments(segments, _) = extent {
-            attention::attend_segments(&q, &k, &v, segments, scale)? // [1, n, h, dh]
-        } else if let (true, Extent::Batch(mask)) = (fused, extent) {
-            attention::attend(&q, &k, &v, mask, scale)? // [b, t, h, dh]
-        } else {
-            let Extent::Batch(mask) = extent else {
-                unreachable!("segments take the fused form")
-            };
-            let rep = c.n_heads / c.n_kv_heads;
-            let k = ops::repeat_kv(&k, rep)?.contiguous()?;
-            let v = ops::repeat_kv(&v, rep)?.contiguous()?;
-            let mut scores = (q.matmul(&k.t()?)? * scale)?; // [b, h, t, t_total]
-            if let Some(mask) = mask {
-                scores = scores.broadcast_add(mask)?;
+        let z = match (extent, fused) {
+            // Not fused was refused above.
+            (Extent::Segments(segments, _), _) => {
+                attention::attend_segments(&q, &k, &v, segments, scale)? // [1, n, h, dh]
             }
-            let pattern = ops::softmax_last_dim(&scores)?;
-            let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
-            pattern.matmul(&v)?.transpose(1, 2)? // [b, t, h, dh]
+            (Extent::Batch(mask), true) => attention::attend(&q, &k, &v, mask, scale)?, // [b, t, h, dh]
+            (Extent::Batch(mask), false) => {
+                let rep = c.n_heads / c.n_kv_heads;
+                let k = ops::repeat_kv(&k, rep)?.contiguous()?;
+                let v = ops::repeat_kv(&v, rep)?.contiguous()?;
+                let mut scores = (q.matmul(&k.t()?)? * scale)?; // [b, h, t, t_total]
+                if let Some(mask) = mask {
+                    scores = scores.broadcast_add(mask)?;
+                }
+                let pattern = ops::softmax_last_dim(&scores)?;
+                let pattern = hooks.apply(HookPoint::AttnPattern(layer), pattern, offset, cache)?;
+                pattern.matmul(&v)?.transpose(1, 2)? // [b, t, h, dh]
+            }
         };
         let z = hooks.apply(HookPoint::AttnZ(layer), z, offset, cache)?;
         let z = z.reshape((b, t, c.n_heads * c.d_head))?;
@@ -383,8 +383,9 @@ impl Llama {
     /// [`Transformer::forward_seqs`] without padding: the sequences end to end as one
     /// row of `n` positions, where every op but RoPE and attention works position by
     /// position; those take each position's place in its sequence and attend within it
-    /// ([`attention::attend_segments`]). For calls without hooks (positions would mean
-    /// something else here) or a prefix memo, where the fused attention runs.
+    /// ([`attention::attend_segments`]). Only for calls with neither hooks (their
+    /// positions would mean something else here) nor a prefix memo, where the fused
+    /// attention runs.
     fn forward_segments(&self, seqs: &[Vec<u32>], rows: &[u32]) -> candle_core::Result<Tensor> {
         let ids: Vec<u32> = seqs.concat();
         let n = ids.len();
