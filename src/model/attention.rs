@@ -97,11 +97,6 @@ pub fn attend(
     let mask = mask
         .map(|m| m.to_dtype(DType::F32)?.contiguous())
         .transpose()?;
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let (qg, ql) = q.storage_and_layout();
-    let (kg, kl) = k.storage_and_layout();
-    let (vg, vl) = v.storage_and_layout();
-    let (qs, ks, vs) = (elements(&qg, ql)?, elements(&kg, kl)?, elements(&vg, vl)?);
     let mask_guard = mask.as_ref().map(|m| m.storage_and_layout());
     let ms = match &mask_guard {
         Some((g, l)) => Some(elements(g, l)?),
@@ -119,22 +114,8 @@ pub fn attend(
         None => Mask::None,
         Some(m) => Mask::Given { m, per_row_mask },
     };
-    let out = run(
-        Operands {
-            qs,
-            ks,
-            vs,
-            h,
-            kvh,
-            dh,
-        },
-        &rows,
-        mask,
-        scale as f32,
-    );
-    let dev = q.device().clone();
-    drop((qg, kg, vg, mask_guard));
-    Tensor::from_vec(out, (b, t, h, dh), &dev)
+    let out = with_operands(q, k, v, kvh, |o| run(o, &rows, mask, scale as f32))?;
+    Tensor::from_vec(out, (b, t, h, dh), q.device())
 }
 
 /// [`attend`] for sequences laid end to end without padding: `q` `[1, n, heads, dh]`,
@@ -173,11 +154,6 @@ pub fn attend_segments(
             segments.len()
         );
     }
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let (qg, ql) = q.storage_and_layout();
-    let (kg, kl) = k.storage_and_layout();
-    let (vg, vl) = v.storage_and_layout();
-    let (qs, ks, vs) = (elements(&qg, ql)?, elements(&kg, kl)?, elements(&vg, vl)?);
     let rows: Vec<Row> = segments
         .iter()
         .map(|&(start, len)| Row {
@@ -187,22 +163,34 @@ pub fn attend_segments(
             total: len,
         })
         .collect();
-    let out = run(
-        Operands {
-            qs,
-            ks,
-            vs,
-            h,
-            kvh,
-            dh,
-        },
-        &rows,
-        Mask::Causal { n },
-        scale as f32,
-    );
-    let dev = q.device().clone();
-    drop((qg, kg, vg));
-    Tensor::from_vec(out, (1, n, h, dh), &dev)
+    let causal = Mask::Causal { n };
+    let out = with_operands(q, k, v, kvh, |o| run(o, &rows, causal, scale as f32))?;
+    Tensor::from_vec(out, (1, n, h, dh), q.device())
+}
+
+/// `f` on the elements of `q` `[.., heads, dh]`, `k` and `v` (made contiguous), with
+/// `kv_heads` key/value heads.
+fn with_operands(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_heads: usize,
+    f: impl FnOnce(Operands) -> Vec<f32>,
+) -> Result<Vec<f32>> {
+    let (h, dh) = (q.dim(2)?, q.dim(3)?);
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (qg, ql) = q.storage_and_layout();
+    let (kg, kl) = k.storage_and_layout();
+    let (vg, vl) = v.storage_and_layout();
+    let (qs, ks, vs) = (elements(&qg, ql)?, elements(&kg, kl)?, elements(&vg, vl)?);
+    Ok(f(Operands {
+        qs,
+        ks,
+        vs,
+        h,
+        kvh: kv_heads,
+        dh,
+    }))
 }
 
 /// The flattened operands: `qs` `[.., heads, dh]` by query position; `ks`, `vs` by key

@@ -44,8 +44,8 @@ pub fn relayout(x: &Tensor, angles: Option<&Angles>, heads_first: bool) -> Resul
         if !cpu_f32(a.cos) || !cpu_f32(a.sin) || a.cos.dims2()?.1 * 2 != d {
             return Ok(None);
         }
-        if a.rows.is_some_and(|r| r.len() != b * t) {
-            candle_core::bail!("rope: {} row positions for {b} × {t} rows", b * t);
+        if let Some(r) = a.rows.filter(|r| r.len() != b * t) {
+            candle_core::bail!("rope: {} row positions for {b} × {t} rows", r.len());
         }
     }
     let x = x.contiguous()?;
@@ -167,12 +167,17 @@ mod tests {
     }
 
     #[test]
-    fn a_position_past_the_table_is_an_error() {
+    fn positions_past_the_table_or_miscounted_are_errors() {
         let dev = Device::Cpu;
         let rope = Rope::new(8, 10_000.0, 16, &dev).unwrap();
         let x = Tensor::zeros((1, 4, 1, 8), candle_core::DType::F32, &dev).unwrap();
         let err = rope.apply_thd(&x, 13, None).unwrap_err().to_string();
         assert!(err.contains("position 16"), "{err}");
         assert!(rope.apply_thd(&x, 12, None).is_ok());
+        let err = rope
+            .apply_thd(&x, 0, Some(&[0, 1]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2 row positions for 1 × 4 rows"), "{err}");
     }
 }
