@@ -351,5 +351,11 @@ fn sequences_side_by_side_give_what_each_gives_alone() {
         let want = alone.index_select(&index, 0).unwrap();
         let diff = common::max_abs_diff(&together, &want);
         assert!(diff < 1e-4, "hooks {}: max |Δ| {diff}", !hooks.is_empty());
+        // A row past the last position is an error, not a padding position's logits.
+        let err = m
+            .model
+            .forward_seqs(&seqs, 0, &hooks, &[n as u32])
+            .unwrap_err();
+        assert!(err.to_string().contains("past the"), "{err}");
     }
 }

@@ -472,13 +472,12 @@ impl Transformer for Llama {
         rows: &[u32],
     ) -> Result<Tensor, ModelError> {
         let fits = |s: &Vec<u32>| !s.is_empty() && s.len() <= self.info.max_positions;
-        let n: usize = seqs.iter().map(Vec::len).sum();
+        super::check_seq_rows(seqs.iter().map(Vec::len).sum(), rows)?;
         // A memo records the padded batches' streams for the cases that replay them.
         if !hooks.is_empty()
             || hooks.memo().is_some()
             || !attention::applies(&[&self.embed])
             || !seqs.iter().all(fits)
-            || rows.iter().any(|&r| r as usize >= n)
         {
             return super::forward_seqs_padded(self, seqs, pad, hooks, rows);
         }

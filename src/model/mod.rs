@@ -507,6 +507,7 @@ pub(crate) fn forward_seqs_padded<M: Transformer + ?Sized>(
     if seqs.is_empty() {
         return Err(ModelError::Call("no sequences to run".into()));
     }
+    check_seq_rows(seqs.iter().map(Vec::len).sum(), rows)?;
     let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
     let ids = generate::pad_right(seqs, pad, m.device())?;
     let starts = seq_starts(seqs);
@@ -541,28 +542,30 @@ pub(crate) fn seq_starts(seqs: &[Vec<u32>]) -> Vec<usize> {
 /// apart.
 fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
     use rayon::prelude::*;
-    const LANES: usize = 16;
     if t.device().is_cpu() && t.dtype() == candle_core::DType::F32 {
         let t = t.contiguous()?;
         let (s, l) = t.storage_and_layout();
         let xs = blas::cpu_elements("finite check", &s, l)?;
-        return Ok(xs.par_chunks(1 << 16).all(|c| {
-            let mut lanes = [0f32; LANES];
-            let mut chunks = c.chunks_exact(LANES);
-            for ch in &mut chunks {
-                for (l, &v) in lanes.iter_mut().zip(ch) {
-                    *l += v * 0.0;
-                }
-            }
-            let tail = chunks.remainder().iter().map(|&v| v * 0.0).sum::<f32>();
-            (lanes.iter().sum::<f32>() + tail).is_finite()
-        }));
+        return Ok(xs
+            .par_chunks(1 << 16)
+            .all(|c| softmax::blocked_sum(c, |v| v * 0.0).is_finite()));
     }
     let sum = t
         .sum_all()?
         .to_dtype(candle_core::DType::F32)?
         .to_scalar::<f32>()?;
     Ok(sum.is_finite())
+}
+
+/// An error for a row past the `n` positions of sequences laid end to end, which a
+/// padded batch would otherwise read as padding.
+pub(crate) fn check_seq_rows(n: usize, rows: &[u32]) -> Result<(), ModelError> {
+    match rows.iter().find(|&&r| r as usize >= n) {
+        Some(r) => Err(ModelError::Call(format!(
+            "row {r} is past the {n} positions of the sequences"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// [`Transformer::forward_blocks`] for an architecture whose `block(l, x, cache)` runs

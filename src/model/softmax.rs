@@ -69,7 +69,7 @@ fn max_logsumexp_body(row: &[f32]) -> (f32, f64) {
 
 /// `Σ f(x)` over `row`, in f32 lanes of at most `BLOCK / LANES` terms each, added in f64.
 #[inline(always)]
-fn blocked_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+pub(crate) fn blocked_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut total = 0f64;
     for block in row.chunks(BLOCK) {
         let mut acc = [0f32; LANES];
