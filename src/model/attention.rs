@@ -277,13 +277,21 @@ fn run(o: Operands, rows: &[Row], mask: Mask, scale: f32) -> Vec<f32> {
     // block in whole panels of 16 from `lo`, so each row has room past `total`.
     let kt_stride = widest + 16;
     (0..rows.len() * h).into_par_iter().for_each_init(
-        || (vec![0f32; QUERY_BLOCK.min(longest) * widest], Vec::new()),
-        |(scores, kt), bh| {
+        || {
+            (
+                vec![0f32; QUERY_BLOCK.min(longest) * widest],
+                Vec::new(),
+                None,
+            )
+        },
+        |(scores, kt, holds), bh| {
             let (r, head) = (bh / h, bh % h);
             let row = &rows[r];
             let (t, total) = (row.len, row.total);
             let kv = ((head / rep) * head_stride + row.kv_at) * dh;
-            if own {
+            // A thread takes consecutive tasks, so the query heads that share a key
+            // head mostly follow each other: their keys are transposed once.
+            if own && *holds != Some((kv, total)) {
                 // One size for every task of a call: zeroed once, when first made, and
                 // overwritten but for the columns past `total`, which the tile reads
                 // and no output uses.
@@ -293,6 +301,7 @@ fn run(o: Operands, rows: &[Row], mask: Mask, scale: f32) -> Vec<f32> {
                         kt[d * kt_stride + j] = x;
                     }
                 }
+                *holds = Some((kv, total));
             }
             for qb in 0..t.div_ceil(QUERY_BLOCK) {
                 let (i0, i1) = block_rows(qb, t);

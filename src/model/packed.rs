@@ -278,8 +278,14 @@ unsafe fn gated_block(
                 let a = x.as_ptr().add((m0 + i) * k);
                 tile(rows, k, a, k, gb, NR, g.as_mut_ptr(), NR, true);
                 tile(rows, k, a, k, ub, NR, u.as_mut_ptr(), NR, true);
-                // The whole scratch in one call, whatever `rows`: the vector loop then
-                // covers all of it, where 16 floats a row went mostly to its scalar tail.
+                #[cfg(target_arch = "x86_64")]
+                if cols == NR {
+                    let dst = out.at((m0 + i) * n + p * NR);
+                    super::gated::silu_mul_rows16(rows, &g, &u, dst, n);
+                    continue;
+                }
+                // A last, partial panel: the whole scratch in one call, whatever `rows`
+                // (16 floats a row would go mostly to the vector loop's scalar tail).
                 super::gated::silu_mul_into(&mut h, &g, &u);
                 for r in 0..rows {
                     let dst =

@@ -113,11 +113,7 @@ fn write(
                     Some(((cos, sin), pos)) => {
                         let p = pos(r);
                         let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
-                        for i in 0..half {
-                            let (x1, x2) = (x[i], x[i + half]);
-                            dst[i] = x1 * c[i] - x2 * s[i];
-                            dst[i + half] = x1 * s[i] + x2 * c[i];
-                        }
+                        rotate(dst, x, c, s);
                     }
                     None => dst.copy_from_slice(x),
                 }
@@ -126,6 +122,38 @@ fn write(
     // SAFETY: the loop wrote all b·t·h rows of d floats.
     unsafe { out.set_len(n) };
     out
+}
+
+/// `dst ← x` rotated by the angles whose cosines and sines are `c`, `s` (half of `x`'s
+/// length each).
+fn rotate(dst: &mut [f32], x: &[f32], c: &[f32], s: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::softmax::avx2_fma() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { rotate_avx2(dst, x, c, s) };
+    }
+    rotate_body(dst, x, c, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rotate_avx2(dst: &mut [f32], x: &[f32], c: &[f32], s: &[f32]) {
+    rotate_body(dst, x, c, s)
+}
+
+/// Written over zipped halves, not indices, so that the loop has no bounds checks and
+/// vectorises (indexed, it ran one float at a time: 1% of a perplexity run). Products
+/// and sums stay separate operations (Rust does not contract them into FMAs), so the
+/// bits are candle's.
+#[inline(always)]
+fn rotate_body(dst: &mut [f32], x: &[f32], c: &[f32], s: &[f32]) {
+    let (x1, x2) = x.split_at(x.len() / 2);
+    let (d1, d2) = dst.split_at_mut(x.len() / 2);
+    let halves = d1.iter_mut().zip(d2.iter_mut()).zip(x1.iter().zip(x2));
+    for (((o1, o2), (&a, &b)), (&c, &s)) in halves.zip(c.iter().zip(s)) {
+        *o1 = a * c - b * s;
+        *o2 = a * s + b * c;
+    }
 }
 
 #[cfg(test)]
