@@ -14,6 +14,7 @@ use super::attention;
 use super::hooks::{ActivationCache, HookPoint, Hooks};
 use super::ops::{self, Rope, Weight};
 use super::residual;
+use super::token_scores::{self, TokenScore};
 use super::{Arch, ForwardOutput, KvCache, LogitsAt, ModelError, ModelInfo, Transformer};
 
 /// `config.json` as Hugging Face writes it for `LlamaForCausalLM`.
@@ -387,6 +388,12 @@ impl Llama {
     /// positions would mean something else here) nor a prefix memo, where the fused
     /// attention runs.
     fn forward_segments(&self, seqs: &[Vec<u32>], rows: &[u32]) -> candle_core::Result<Tensor> {
+        self.unembed_inner(&self.segments_stream(seqs, rows)?)
+    }
+
+    /// The stream leaving the last block `[1, rows.len(), d]` at `rows`, run as
+    /// [`Llama::forward_segments`] runs it.
+    fn segments_stream(&self, seqs: &[Vec<u32>], rows: &[u32]) -> candle_core::Result<Tensor> {
         let ids: Vec<u32> = seqs.concat();
         let n = ids.len();
         let segments: Vec<(usize, usize)> = super::seq_starts(seqs)
@@ -403,11 +410,18 @@ impl Llama {
             resid = self.block(l, resid, 0, None, extent, &hooks, &mut cache)?;
         }
         let index = Tensor::new(rows, &self.device)?;
-        let picked = resid
-            .reshape((n, d))?
-            .index_select(&index, 0)?
-            .unsqueeze(0)?;
-        self.unembed_inner(&picked)
+        resid.reshape((n, d))?.index_select(&index, 0)?.unsqueeze(0)
+    }
+
+    /// Whether [`Transformer::forward_seqs`] runs `seqs` unpadded: no hooks (their
+    /// positions would mean something else there) and no prefix memo (it records padded
+    /// batches), the fused attention, and every sequence within the window.
+    fn runs_unpadded(&self, seqs: &[Vec<u32>], hooks: &Hooks) -> bool {
+        let fits = |s: &Vec<u32>| !s.is_empty() && s.len() <= self.info.max_positions;
+        hooks.is_empty()
+            && hooks.memo().is_none()
+            && attention::applies(&[&self.embed])
+            && seqs.iter().all(fits)
     }
 
     fn unembed_inner(&self, resid: &Tensor) -> candle_core::Result<Tensor> {
@@ -471,19 +485,38 @@ impl Transformer for Llama {
         hooks: &Hooks,
         rows: &[u32],
     ) -> Result<Tensor, ModelError> {
-        let fits = |s: &Vec<u32>| !s.is_empty() && s.len() <= self.info.max_positions;
         super::check_seq_rows(seqs.iter().map(Vec::len).sum(), rows)?;
-        // A memo records the padded batches' streams for the cases that replay them.
-        if !hooks.is_empty()
-            || hooks.memo().is_some()
-            || !attention::applies(&[&self.embed])
-            || !seqs.iter().all(fits)
-        {
+        if !self.runs_unpadded(seqs, hooks) {
             return super::forward_seqs_padded(self, seqs, pad, hooks, rows);
         }
         let logits = self.forward_segments(seqs, rows)?;
         super::check_finite(&logits)?;
         Ok(logits.squeeze(0)?)
+    }
+
+    fn score_seqs(
+        &self,
+        seqs: &[Vec<u32>],
+        pad: u32,
+        hooks: &Hooks,
+        rows: &[u32],
+        targets: &[u32],
+    ) -> Result<Vec<TokenScore>, ModelError> {
+        super::check_seq_rows(seqs.iter().map(Vec::len).sum(), rows)?;
+        if !self.runs_unpadded(seqs, hooks) {
+            let logits = super::forward_seqs_padded(self, seqs, pad, hooks, rows)?;
+            return token_scores::from_logits(&logits, targets);
+        }
+        let stream = self.segments_stream(seqs, rows)?;
+        let h = ops::rms_norm(&stream, &self.norm, self.cfg.rms_eps)?;
+        if let Some(scores) = token_scores::through_unembedding(&h, &self.lm_head, targets)? {
+            return Ok(scores);
+        }
+        // The kernel does not run here, or a logit is not finite: the formed logits'
+        // check names it.
+        let logits = ops::linear(&h, &self.lm_head, None)?;
+        super::check_finite(&logits)?;
+        token_scores::from_logits(&logits.squeeze(0)?, targets)
     }
 
     fn token_embeddings(&self) -> &Tensor {

@@ -26,6 +26,7 @@ pub mod rotary;
 pub mod skinny;
 pub mod softmax;
 pub mod source;
+pub mod token_scores;
 pub mod tokenizer;
 
 use candle_core::{Device, Tensor};
@@ -699,6 +700,22 @@ pub trait Transformer: Send + Sync {
         rows: &[u32],
     ) -> Result<Tensor, ModelError> {
         forward_seqs_padded(self, seqs, pad, hooks, rows)
+    }
+
+    /// The log-probability of `targets[i]` at `rows[i]` of sequences run as
+    /// [`Transformer::forward_seqs`] runs them, and whether it was the argmax: what
+    /// scoring that call's logits gives. An architecture may score without forming the
+    /// `[rows, vocab]` logits (to f32 rounding of the normaliser); non-finite logits are
+    /// an error either way.
+    fn score_seqs(
+        &self,
+        seqs: &[Vec<u32>],
+        pad: u32,
+        hooks: &Hooks,
+        rows: &[u32],
+        targets: &[u32],
+    ) -> Result<Vec<token_scores::TokenScore>, ModelError> {
+        token_scores::from_logits(&self.forward_seqs(seqs, pad, hooks, rows)?, targets)
     }
 
     /// The token embedding matrix `[vocab, d]` (its spread sets causal tracing's noise).

@@ -297,13 +297,119 @@ unsafe fn gated_block(
     }
 }
 
+/// Vocabulary columns scored at a time by [`target_log_probs`]: a row block's logits for
+/// them stay in cache between the tiles that write them and the normaliser that reads
+/// them.
+const SCORE_COLS: usize = 256;
+/// Rows per block of [`target_log_probs`], at most: each block streams the whole weight
+/// from memory, which the tile waits on at 80–96 rows a block (150 GFLOP/s on two cores
+/// against 175 at 320, `score_speed`).
+const SCORE_ROWS: usize = 320;
+
+/// Per row `i` of `x` `[m, k]`: the log-probability of token `targets[i]` under
+/// `softmax(x · wᵀ)`, and whether that token is the row's first maximum, without
+/// forming the product. An unembedding's `[positions, vocab]` product (49k columns on
+/// SmolLM2) went to memory and came back twice (the finite check, the normaliser);
+/// here each row block's logits live a few hundred columns at a time in cache
+/// ([`super::softmax::PiecewiseLogNorm`]). The logits have the product's bits; the
+/// normaliser is [`super::softmax::max_logsumexp`]'s to about 1e-6. Rows are split
+/// between threads, so a row's score does not depend on the thread count. `None` when
+/// a logit is infinite or NaN: the caller's checked path names it. The caller checks
+/// [`available`].
+pub(crate) fn target_log_probs(
+    x: &Tensor,
+    w: &Panels,
+    targets: &[u32],
+) -> Result<Option<Vec<(f64, bool)>>> {
+    const OP: &str = "packed-target-log-probs";
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{OP}: CPU input only");
+    };
+    let (x, m) = rows_of(OP, cpu, layout, w.k)?;
+    if targets.len() != m {
+        candle_core::bail!("{OP}: {m} rows but {} target tokens", targets.len());
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= w.n) {
+        candle_core::bail!("{OP}: target token {t} is past the {} logits of a row", w.n);
+    }
+    // As many blocks per thread, so that no thread waits on another's last one.
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = threads * m.div_ceil(threads * SCORE_ROWS).max(1);
+    let rb = m.div_ceil(blocks).next_multiple_of(MR).max(MR);
+    use rayon::prelude::*;
+    let starts: Vec<usize> = (0..m).step_by(rb).collect();
+    let k = w.k;
+    let scores: Vec<Option<(f64, bool)>> = starts
+        .into_par_iter()
+        .flat_map_iter(|r0| {
+            let rows = rb.min(m - r0);
+            // SAFETY: the kernel runs here (the caller checked); the slice is these rows.
+            unsafe { score_block(&x[r0 * k..(r0 + rows) * k], rows, w, &targets[r0..][..rows]) }
+        })
+        .collect();
+    Ok(scores.into_iter().collect())
+}
+
+/// [`target_log_probs`] for one block of `m` rows, on the calling thread.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `x` holds `m` rows of `w.k` floats.
+unsafe fn score_block(
+    x: &[f32],
+    m: usize,
+    w: &Panels,
+    targets: &[u32],
+) -> Vec<Option<(f64, bool)>> {
+    use super::softmax::PiecewiseLogNorm;
+    let per = SCORE_COLS / NR;
+    let np = w.n.div_ceil(NR);
+    let mut logits = vec![0f32; m * SCORE_COLS];
+    let mut norms = vec![PiecewiseLogNorm::default(); m];
+    let mut picked = vec![0f32; m];
+    for p0 in (0..np).step_by(per) {
+        let p1 = (p0 + per).min(np);
+        let (first, cols) = (p0 * NR, (p1 * NR).min(w.n) - p0 * NR);
+        block(x, m, w, p0..p1, OutPtr(logits.as_mut_ptr()), SCORE_COLS);
+        for (r, row) in logits.chunks_exact(SCORE_COLS).enumerate() {
+            let row = &row[..cols];
+            norms[r].push(row);
+            if let Some(x) = (targets[r] as usize)
+                .checked_sub(first)
+                .and_then(|t| row.get(t))
+            {
+                picked[r] = *x;
+            }
+        }
+    }
+    norms
+        .iter()
+        .zip(&picked)
+        .zip(targets)
+        .map(|((norm, &x), &t)| {
+            let (max, lse, argmax) = norm.finish()?;
+            Some(((x - max) as f64 - lse, argmax == t as usize))
+        })
+        .collect()
+}
+
 /// `out ← x · wᵀ`, `out` `[m, n]` row-major, every element written (for `k > 0`).
 ///
 /// # Safety
 /// `out` must address `m × w.n` floats that nothing else reads or writes meanwhile.
 unsafe fn product(x: &[f32], m: usize, w: &Panels, out: OutPtr) {
     // SAFETY: x is m × k and out m × n; each block writes only its panels' columns.
-    split(m, w, |panels| unsafe { block(x, m, w, panels, out) })
+    split(m, w, |panels| unsafe {
+        block(
+            x,
+            m,
+            w,
+            panels.clone(),
+            OutPtr(out.at(panels.start * NR)),
+            w.n,
+        )
+    })
 }
 
 /// Runs `run` on the panels of `w` split into one range per thread of rayon's pool (each
@@ -328,12 +434,22 @@ fn split(m: usize, w: &Panels, run: impl Fn(std::ops::Range<usize>) + Sync) {
 }
 
 /// The columns of `panels` of `x · wᵀ`, `KC` deep at a time: the first pass starts each
-/// output at zero and later ones continue its chain from what `out` holds.
+/// output at zero and later ones continue its chain from what `out` holds. `out`
+/// addresses row 0 at the first panel's first column, rows `ldc` apart.
 ///
 /// # Safety
-/// `out` must address `m × w.n` floats that nobody else reads or writes in these columns.
-unsafe fn block(x: &[f32], m: usize, w: &Panels, panels: std::ops::Range<usize>, out: OutPtr) {
+/// `out` must address `m` rows of `ldc` floats, each with room for these panels'
+/// columns, that nobody else reads or writes meanwhile.
+unsafe fn block(
+    x: &[f32],
+    m: usize,
+    w: &Panels,
+    panels: std::ops::Range<usize>,
+    out: OutPtr,
+    ldc: usize,
+) {
     let (n, k) = (w.n, w.k);
+    let p0 = panels.start;
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         for m0 in (0..m).step_by(MC) {
@@ -344,21 +460,21 @@ unsafe fn block(x: &[f32], m: usize, w: &Panels, panels: std::ops::Range<usize>,
                 for i in (0..mc).step_by(MR) {
                     let rows = MR.min(mc - i);
                     let a = x.as_ptr().add((m0 + i) * k + k0);
-                    let c = out.at((m0 + i) * n + p * NR);
+                    let c = out.at((m0 + i) * ldc + (p - p0) * NR);
                     if cols == NR {
-                        tile(rows, kc, a, k, b, NR, c, n, k0 == 0);
+                        tile(rows, kc, a, k, b, NR, c, ldc, k0 == 0);
                     } else {
                         // A last, partial panel: through a full-width buffer.
                         let mut buf = [0f32; MR * NR];
                         if k0 > 0 {
                             for r in 0..rows {
-                                let src = std::slice::from_raw_parts(c.add(r * n), cols);
+                                let src = std::slice::from_raw_parts(c.add(r * ldc), cols);
                                 buf[r * NR..r * NR + cols].copy_from_slice(src);
                             }
                         }
                         tile(rows, kc, a, k, b, NR, buf.as_mut_ptr(), NR, k0 == 0);
                         for r in 0..rows {
-                            let dst = std::slice::from_raw_parts_mut(c.add(r * n), cols);
+                            let dst = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
                             dst.copy_from_slice(&buf[r * NR..r * NR + cols]);
                         }
                     }
@@ -561,6 +677,76 @@ mod tests {
         }
     }
 
+    /// Scores straight from `x · wᵀ` are those of the formed product: the target's
+    /// log-probability to 1e-6 and the same first argmax, for row counts across several
+    /// blocks and threads, a vocabulary that ends in a partial panel, depths past one
+    /// pass, and targets in the first, a middle and the last column; a NaN or infinite
+    /// logit gives `None`.
+    #[test]
+    fn target_log_probs_match_the_formed_products() {
+        if !available() {
+            eprintln!("the kernel does not run here");
+            return;
+        }
+        let dev = candle_core::Device::Cpu;
+        for (m, n, k) in [
+            (1, 16, 8),
+            (7, 1000, 40),
+            (250, 3 * SCORE_COLS + 5, 64),
+            (13, 300, KC + 3),
+        ] {
+            let x = values(m * k, 11 + m as u64);
+            let mut w = values(n * k, 12 + n as u64);
+            // Row 0's maximum is column n/2, tied with the last column (same weights).
+            for kk in 0..k {
+                w[(n / 2) * k + kk] = x[kk] * 4.0;
+                w[(n - 1) * k + kk] = x[kk] * 4.0;
+            }
+            let panels = Panels::pack(&w, n, k);
+            let mut out = vec![0f32; m * n];
+            // SAFETY: out holds m × n floats.
+            unsafe { product(&x, m, &panels, OutPtr(out.as_mut_ptr())) };
+            let argmax = |i: usize| {
+                let row = &out[i * n..][..n];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                row.iter().position(|&v| v == max).unwrap()
+            };
+            assert_eq!(argmax(0), n / 2, "{m}×{n}×{k}: row 0's maximum");
+            // Row 0 asks for the tied later column: not the first maximum.
+            let targets: Vec<u32> = (0..m)
+                .map(|i| match i {
+                    0 => n - 1,
+                    _ => [0, n / 2, n - 1, argmax(i)][i % 4],
+                } as u32)
+                .collect();
+            let xt = Tensor::from_slice(&x, (m, k), &dev).unwrap();
+            let got = target_log_probs(&xt, &panels, &targets).unwrap().unwrap();
+            for (i, (&(lp, greedy), &t)) in got.iter().zip(&targets).enumerate() {
+                let row = &out[i * n..][..n];
+                let (max, lse) = crate::model::softmax::max_logsumexp(row);
+                let want = (row[t as usize] - max) as f64 - lse;
+                let first = row.iter().position(|&v| v == max).unwrap();
+                assert!(
+                    (lp - want).abs() < 1e-6,
+                    "{m}×{n}×{k} row {i}: {lp} vs {want}"
+                );
+                assert_eq!(greedy, first == t as usize, "{m}×{n}×{k} row {i}");
+            }
+            assert!(!got[0].1, "{m}×{n}×{k}: a tie went to the later column");
+            assert!(
+                m < 4 || got[3].1,
+                "{m}×{n}×{k}: row 3's argmax was not greedy"
+            );
+        }
+        let (m, n, k) = (9, 40, 16);
+        let mut x = values(m * k, 3);
+        x[5 * k + 2] = f32::INFINITY;
+        let xt = Tensor::from_slice(&x, (m, k), &dev).unwrap();
+        let panels = Panels::pack(&values(n * k, 4), n, k);
+        assert!(target_log_probs(&xt, &panels, &[0; 9]).unwrap().is_none());
+        assert!(target_log_probs(&xt, &panels, &[40; 9]).is_err());
+    }
+
     /// Through `ops::linear`: a model's [`Weight`] packs once and gives the bits a plain
     /// tensor gives (packed per call), within f32 rounding of candle's matmul; a product
     /// autograd tracks keeps candle's matmul, so its gradient flows.
@@ -599,6 +785,45 @@ mod tests {
             .broadcast_as((m, k))
             .unwrap();
         assert!(crate::model::ops::tests::max_diff(g, &want) < 1e-4);
+    }
+
+    /// Scoring through an unembedding of SmolLM2's shape (49,152 × 576) at 640 rows (a
+    /// perplexity batch; SCORE_M=... for others), on the pool's threads: the formed
+    /// product then a normaliser per row, against [`target_log_probs`].
+    /// `cargo test --release --lib packed::tests::score_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn score_speed() {
+        if !available() {
+            eprintln!("the kernel does not run here");
+            return;
+        }
+        let (n, k) = (49_152, 576);
+        let m: usize = std::env::var("SCORE_M")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(640);
+        let w = Panels::pack(&values(n * k, 1), n, k);
+        let x = values(m * k, 2);
+        let xt = Tensor::from_slice(&x, (m, k), &candle_core::Device::Cpu).unwrap();
+        let targets: Vec<u32> = (0..m).map(|i| (i * 7919 % n) as u32).collect();
+        let mut out = vec![0f32; m * n];
+        use rayon::prelude::*;
+        for _ in 0..3 {
+            let formed = gflops(m, n, k, || {
+                // SAFETY: out holds m × n floats.
+                unsafe { product(&x, m, &w, OutPtr(out.as_mut_ptr())) };
+                let s: f64 = out
+                    .par_chunks(n)
+                    .map(|r| crate::model::softmax::max_logsumexp(r).1)
+                    .sum();
+                assert!(s.is_finite());
+            });
+            let fused = gflops(m, n, k, || {
+                target_log_probs(&xt, &w, &targets).unwrap().unwrap();
+            });
+            eprintln!("m {m}: formed + normaliser {formed:5.1} GFLOP/s, fused {fused:5.1}");
+        }
     }
 
     fn gflops(m: usize, n: usize, k: usize, mut f: impl FnMut()) -> f64 {
@@ -674,6 +899,26 @@ mod tests {
                         "m {m:4} n {n:5} k {k:5}: packed {ours:5.1} GFLOP/s, OpenBLAS {theirs:5.1}"
                     );
                 }
+            }
+            // The gated MLP's fused gate/up product on SmolLM2's shape, counted as the
+            // two products it replaces.
+            let (n, k) = (1536, 576);
+            let layers = (64 << 20) / (2 * n * k * 4) + 2;
+            let gates: Vec<Panels> = (0..layers)
+                .map(|l| Panels::pack(&values(n * k, 2 * l as u64), n, k))
+                .collect();
+            let ups: Vec<Panels> = (0..layers)
+                .map(|l| Panels::pack(&values(n * k, 2 * l as u64 + 1), n, k))
+                .collect();
+            for &m in &rows {
+                let xt =
+                    Tensor::from_vec(values(m * k, 9), (m, k), &candle_core::Device::Cpu).unwrap();
+                let mut l = 0;
+                let ours = gflops(m, 2 * n, k, || {
+                    l = (l + 1) % layers;
+                    silu_gated(&xt, &gates[l], &ups[l]).unwrap().unwrap();
+                });
+                eprintln!("m {m:4} n 2×{n} k {k:5}: silu-gated {ours:5.1} GFLOP/s");
             }
         });
     }

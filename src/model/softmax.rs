@@ -67,6 +67,82 @@ fn max_logsumexp_body(row: &[f32]) -> (f32, f64) {
     (max, blocked_sum(row, |x| exp_nonpositive(x - max)).ln())
 }
 
+/// The normaliser of a row of logits that arrives in pieces, left to right: the
+/// unembedding can then score a position from one block of vocabulary columns at a
+/// time, in cache, instead of writing the whole `[positions, vocab]` product to memory
+/// and reading it back. Each piece's terms are taken against the largest logit seen so
+/// far and the total is rescaled (in f64) when a later piece holds a larger one, so the
+/// result is [`max_logsumexp`]'s to about 1e-6, and its bits when one piece holds the row.
+#[derive(Clone, Copy, Debug)]
+pub struct PiecewiseLogNorm {
+    max: f32,
+    /// `Σ exp(x - max)` over the pieces so far.
+    sum: f64,
+    /// Index of the first maximum.
+    argmax: usize,
+    seen: usize,
+    finite: bool,
+}
+
+impl Default for PiecewiseLogNorm {
+    fn default() -> Self {
+        PiecewiseLogNorm {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+            argmax: 0,
+            seen: 0,
+            finite: true,
+        }
+    }
+}
+
+impl PiecewiseLogNorm {
+    /// Takes the next `piece` of the row.
+    pub fn push(&mut self, piece: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2_fma() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { push_avx2(self, piece) };
+        }
+        push_body(self, piece)
+    }
+
+    /// `(max, ln Σ exp(x - max), index of the first maximum)` over the pieces taken;
+    /// `None` when one of them held an infinity or a NaN, or none held anything.
+    pub fn finish(&self) -> Option<(f32, f64, usize)> {
+        (self.finite && self.seen > 0 && self.sum.is_finite())
+            .then(|| (self.max, self.sum.ln(), self.argmax))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn push_avx2(norm: &mut PiecewiseLogNorm, piece: &[f32]) {
+    push_body(norm, piece)
+}
+
+#[inline(always)]
+fn push_body(norm: &mut PiecewiseLogNorm, piece: &[f32]) {
+    if piece.is_empty() || !norm.finite {
+        return;
+    }
+    let hi = lane_max(piece);
+    if !hi.is_finite() {
+        norm.finite = false;
+        return;
+    }
+    if hi > norm.max {
+        norm.sum *= (norm.max as f64 - hi as f64).exp();
+        norm.max = hi;
+        norm.argmax = norm.seen + piece.iter().position(|&x| x == hi).unwrap_or(0);
+    }
+    let max = norm.max;
+    // `x · 0` is 0 for a finite `x` (so each term keeps its bits) and NaN for an
+    // infinity or a NaN, which the lane maximum passes over: the sum carries it.
+    norm.sum += blocked_sum(piece, |x| exp_nonpositive(x - max) + x * 0.0);
+    norm.seen += piece.len();
+}
+
 /// `Σ f(x)` over `row`, in f32 lanes of at most `BLOCK / LANES` terms each, added in f64.
 #[inline(always)]
 pub(crate) fn blocked_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f64 {
@@ -141,6 +217,44 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In pieces of any sizes, the normaliser is the whole row's to 1e-6 (its bits in
+    /// one piece), the argmax is the first maximum, and an infinity or a NaN anywhere
+    /// gives `None`.
+    #[test]
+    fn piecewise_normaliser_matches_the_whole_rows() {
+        let len = 5_000;
+        // Rising then falling, with ties of the maximum, so that later pieces raise it.
+        let row: Vec<f32> = (0..len)
+            .map(|i| ((i * 7919 % 1009) as f32) * 0.02 - 9.0 + (i as f32 * 0.004).sin() * 5.0)
+            .collect();
+        let (max, lse) = max_logsumexp(&row);
+        let first = row.iter().position(|&x| x == max).unwrap();
+        for sizes in [vec![len], vec![1, 15, 16, 999], vec![256], vec![4096, 3]] {
+            let mut norm = PiecewiseLogNorm::default();
+            let (mut at, mut s) = (0, 0);
+            while at < len {
+                let n = sizes[s % sizes.len()].min(len - at);
+                norm.push(&row[at..at + n]);
+                (at, s) = (at + n, s + 1);
+            }
+            let (m, l, arg) = norm.finish().unwrap();
+            assert_eq!((m, arg), (max, first), "pieces {sizes:?}");
+            assert!((l - lse).abs() < 1e-6, "pieces {sizes:?}: {l} vs {lse}");
+            if sizes == [len] {
+                assert_eq!(l.to_bits(), lse.to_bits());
+            }
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut spoilt = row.clone();
+            spoilt[len - 10] = bad;
+            let mut norm = PiecewiseLogNorm::default();
+            norm.push(&spoilt[..len / 2]);
+            norm.push(&spoilt[len / 2..]);
+            assert!(norm.finish().is_none(), "{bad} passed");
+        }
+        assert!(PiecewiseLogNorm::default().finish().is_none());
+    }
 
     #[test]
     fn exp_matches_libm_over_its_range() {

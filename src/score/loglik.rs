@@ -11,9 +11,10 @@
 //! - the input is `(context + continuation)[-(max_len + 1):][:-1]`, and the score is the
 //!   summed log-probability of the continuation tokens plus whether each was the argmax.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 use crate::model::generate::pad_right;
+use crate::model::token_scores;
 use crate::model::{Hooks, KvCache, LoadedModel, LogitsAt, ModelError, Positions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -560,7 +561,7 @@ fn score_in_turn<'a>(
         .map(|cont| {
             let rows = logits.narrow(0, first, cont.len())?;
             first += cont.len();
-            score_rows(&rows, cont)
+            token_scores::from_logits(&rows, cont)
         })
         .collect()
 }
@@ -594,37 +595,19 @@ fn score_batch(
         rows.extend((at + whole.len() - cont.len()..at + whole.len()).map(|r| r as u32));
         at += whole.len();
     }
-    let logits = model.model.forward_seqs(&inputs, pad, hooks, &rows)?;
-    Ok(score_in_turn(&logits, conts.into_iter())?
+    let targets: Vec<u32> = conts.concat();
+    let scored = model
+        .model
+        .score_seqs(&inputs, pad, hooks, &rows, &targets)?;
+    let mut rest = scored.as_slice();
+    Ok(conts
         .iter()
-        .map(|per_token| response(per_token))
+        .map(|cont| {
+            let (these, after) = rest.split_at(cont.len());
+            rest = after;
+            response(these)
+        })
         .collect())
-}
-
-/// Log-probability of each token of `cont` under `rows` `[n, vocab]`, and whether it
-/// was the argmax (the first maximum, as an argmax picks). One pass per row for the
-/// maximum and one for the normaliser, rows in parallel: a full `log_softmax` would
-/// write and reread `n × vocab` values to use `n`.
-fn score_rows(rows: &Tensor, cont: &[u32]) -> Result<Vec<(f64, bool)>, ModelError> {
-    use rayon::prelude::*;
-    let vocab = rows.dim(D::Minus1)?;
-    if !rows.device().is_cpu() {
-        return score_rows(&rows.to_device(&candle_core::Device::Cpu)?, cont);
-    }
-    let rows = rows.to_dtype(DType::F32)?.contiguous()?;
-    let (storage, layout) = rows.storage_and_layout();
-    let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-        (&*storage, layout.contiguous_offsets())
-    else {
-        return Err(candle_core::Error::Msg("contiguous CPU rows expected".into()).into());
-    };
-    let flat = &cpu.as_slice::<f32>()?[start..end];
-    let per_row: Vec<(f64, bool)> = flat
-        .par_chunks(vocab)
-        .zip(cont.par_iter())
-        .map(|(row, &target)| score_row(row, target as usize))
-        .collect();
-    Ok(per_row)
 }
 
 /// A continuation's score from its tokens' (log-probability, is argmax).
@@ -634,14 +617,6 @@ fn response(per_row: &[(f64, bool)]) -> LoglikResponse {
         is_greedy: per_row.iter().all(|(_, g)| *g),
         n_tokens: per_row.len(),
     }
-}
-
-/// Log-probability of `target` under one row of logits, and whether it is the argmax.
-fn score_row(row: &[f32], target: usize) -> (f64, bool) {
-    let (max, lse) = crate::model::softmax::max_logsumexp(row);
-    let x = row[target];
-    let greedy = x == max && !row[..target].contains(&max);
-    ((x - max) as f64 - lse, greedy)
 }
 
 #[cfg(test)]
