@@ -359,3 +359,60 @@ fn sequences_side_by_side_give_what_each_gives_alone() {
         assert!(err.to_string().contains("past the"), "{err}");
     }
 }
+
+/// Scores straight from the stream (SmolLM2's unpadded batch goes through the packed
+/// unembedding without forming the logits) are the formed logits' scores: each
+/// log-probability to 1e-5, every greedy flag; with a hook (the padded batch) too. A
+/// target past the vocabulary is an error.
+#[test]
+fn scores_without_formed_logits_are_the_formed_logits_scores() {
+    use scalpel::model::hooks::AddTensor;
+    use scalpel::model::token_scores;
+    use scalpel::model::{HookPoint, Writer};
+    let m = common::smollm2();
+    let texts = [
+        "The capital of France is Paris, and the capital of Italy is Rome.",
+        "1, 2, 3, 4, 5, 6, 7, 8",
+        "She opened the door and",
+    ];
+    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| m.encode_plain(t).unwrap()).collect();
+    let n: usize = seqs.iter().map(Vec::len).sum();
+    let rows: Vec<u32> = (0..n as u32).collect();
+    let vocab = m.model.info().vocab_size;
+    let offset = candle_core::Tensor::full(0.25f32, m.model.info().d_model, m.device()).unwrap();
+    let steer = Hooks::new().write(Writer::new(HookPoint::ResidPost(3), AddTensor(offset)));
+    for hooks in [Hooks::new(), steer] {
+        let logits = m.model.forward_seqs(&seqs, 0, &hooks, &rows).unwrap();
+        // The next token where there is one, the row's own argmax at every third row (a
+        // greedy hit whatever the text), token 0 at each sequence's end.
+        let argmax: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
+        let next: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| s[1..].iter().copied().chain([0]))
+            .collect();
+        let targets: Vec<u32> = (0..n)
+            .map(|r| if r % 3 == 0 { argmax[r] } else { next[r] })
+            .collect();
+        let want = token_scores::from_logits(&logits, &targets).unwrap();
+        let got = m
+            .model
+            .score_seqs(&seqs, 0, &hooks, &rows, &targets)
+            .unwrap();
+        assert_eq!(got.len(), n);
+        for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g.0 - w.0).abs() < 1e-5, "row {r}: {} vs {}", g.0, w.0);
+            assert_eq!(g.1, w.1, "row {r}'s greedy flag");
+        }
+        assert!(
+            got.iter().step_by(3).all(|s| s.1),
+            "an argmax target was not greedy"
+        );
+        let mut bad = targets.clone();
+        bad[1] = vocab as u32;
+        let err = m
+            .model
+            .score_seqs(&seqs, 0, &hooks, &rows, &bad)
+            .unwrap_err();
+        assert!(err.to_string().contains("past the vocabulary"), "{err}");
+    }
+}
