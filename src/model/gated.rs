@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::ops::{linear, LinearWeight};
+use super::simd::with_avx2;
 use super::softmax::exp_nonpositive;
 
 /// Elements per rayon task: large enough that scheduling costs nothing beside the work,
@@ -85,18 +86,7 @@ impl CustomOp2 for SiluMul {
 }
 
 pub(super) fn silu_mul_into(out: &mut [f32], g: &[f32], u: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::softmax::avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { silu_mul_avx2(out, g, u) };
-    }
-    silu_mul_body(out, g, u)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn silu_mul_avx2(out: &mut [f32], g: &[f32], u: &[f32]) {
-    silu_mul_body(out, g, u)
+    with_avx2!(silu_mul_body(out: &mut [f32], g: &[f32], u: &[f32]) -> ())
 }
 
 /// `out` row `r` (at `out + r·ld`) ← `silu(g) · u` over row `r` of 16 of the scratch

@@ -23,6 +23,7 @@ pub mod packed;
 pub mod prefix_memo;
 pub mod residual;
 pub mod rotary;
+pub mod simd;
 pub mod skinny;
 pub mod softmax;
 pub mod source;

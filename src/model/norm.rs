@@ -12,6 +12,8 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::simd::with_avx2;
+
 /// Elements per rayon task, in whole rows.
 const CHUNK: usize = 1 << 14;
 const LANES: usize = 16;
@@ -63,18 +65,7 @@ impl CustomOp2 for RmsNorm {
 }
 
 fn norm_rows(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if super::softmax::avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { norm_rows_avx2(out, x, w, eps) };
-    }
-    norm_rows_body(out, x, w, eps)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn norm_rows_avx2(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
-    norm_rows_body(out, x, w, eps)
+    with_avx2!(norm_rows_body(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) -> ())
 }
 
 #[inline(always)]

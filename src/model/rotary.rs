@@ -12,6 +12,7 @@ use candle_core::{Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::blas::OutPtr;
+use super::simd::with_avx2;
 
 fn elements<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     super::blas::cpu_elements("rope", storage, layout)
@@ -127,18 +128,7 @@ fn write(
 /// `dst ← x` rotated by the angles whose cosines and sines are `c`, `s` (half of `x`'s
 /// length each).
 fn rotate(dst: &mut [f32], x: &[f32], c: &[f32], s: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::softmax::avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { rotate_avx2(dst, x, c, s) };
-    }
-    rotate_body(dst, x, c, s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rotate_avx2(dst: &mut [f32], x: &[f32], c: &[f32], s: &[f32]) {
-    rotate_body(dst, x, c, s)
+    with_avx2!(rotate_body(dst: &mut [f32], x: &[f32], c: &[f32], s: &[f32]) -> ())
 }
 
 /// Written over zipped halves, not indices, so that the loop has no bounds checks and

@@ -7,35 +7,16 @@
 //! once more for AVX2 + FMA and picked at run time. Partial sums stay short in f32 and
 //! are added in f64, so the normaliser is within about 1e-6 of the exact one.
 
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
+use super::simd::with_avx2;
 
 /// `(max, ln Σ exp(x - max))` over `row`; `row` must be non-empty and finite.
 pub fn max_logsumexp(row: &[f32]) -> (f32, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { max_logsumexp_avx2(row) };
-    }
-    max_logsumexp_body(row)
+    with_avx2!(max_logsumexp_body(row: &[f32]) -> (f32, f64))
 }
 
 /// `row ← softmax(row)`; `row` must be non-empty, finite or -inf, with a finite maximum.
 pub fn softmax_in_place(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { softmax_avx2(row) };
-    }
-    softmax_body(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32]) {
-    softmax_body(row)
+    with_avx2!(softmax_body(row: &mut [f32]) -> ())
 }
 
 #[inline(always)]
@@ -48,12 +29,6 @@ fn softmax_body(row: &mut [f32]) {
     for x in row.iter_mut() {
         *x *= inv;
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn max_logsumexp_avx2(row: &[f32]) -> (f32, f64) {
-    max_logsumexp_body(row)
 }
 
 const LANES: usize = 16;
@@ -99,12 +74,8 @@ impl Default for PiecewiseLogNorm {
 impl PiecewiseLogNorm {
     /// Takes the next `piece` of the row.
     pub fn push(&mut self, piece: &[f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2_fma() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { push_avx2(self, piece) };
-        }
-        push_body(self, piece)
+        let norm = self;
+        with_avx2!(push_body(norm: &mut PiecewiseLogNorm, piece: &[f32]) -> ())
     }
 
     /// `(max, ln Σ exp(x - max), index of the first maximum)` over the pieces taken;
@@ -113,12 +84,6 @@ impl PiecewiseLogNorm {
         (self.finite && self.seen > 0 && self.sum.is_finite())
             .then(|| (self.max, self.sum.ln(), self.argmax))
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn push_avx2(norm: &mut PiecewiseLogNorm, piece: &[f32]) {
-    push_body(norm, piece)
 }
 
 #[inline(always)]
