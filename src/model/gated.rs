@@ -92,8 +92,8 @@ pub(super) fn silu_mul_into(out: &mut [f32], g: &[f32], u: &[f32]) {
 /// `out` row `r` (at `out + r·ld`) ← `silu(g) · u` over row `r` of 16 of the scratch
 /// `g`, `u`, for `r < rows`: the packed kernel's tile written straight to its place in
 /// the output (through the scratch `h` of [`silu_mul_into`] and a copy, the copy was a
-/// third of the activation's time). Each row is a fixed 16 floats, so the loop has no
-/// scalar tail. Same function per element, so the same bits.
+/// third of the activation's time). Each row is a fixed 16 floats, so the inlined loop
+/// has no scalar tail. Same function per element, so the same bits.
 ///
 /// # Safety
 /// `g` and `u` hold `rows` rows of 16; `out` addresses `rows` rows of 16 floats with
@@ -105,9 +105,7 @@ pub(super) unsafe fn silu_mul_rows16(rows: usize, g: &[f32], u: &[f32], out: *mu
         let g: &[f32; 16] = g[r * 16..][..16].try_into().expect("16 floats");
         let u: &[f32; 16] = u[r * 16..][..16].try_into().expect("16 floats");
         let o = &mut *out.add(r * ld).cast::<[f32; 16]>();
-        for j in 0..16 {
-            o[j] = silu(g[j]) * u[j];
-        }
+        silu_mul_body(o, g, u);
     }
 }
 
