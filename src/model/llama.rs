@@ -381,18 +381,11 @@ impl Llama {
         Ok(ForwardOutput { logits, cache })
     }
 
+    /// The stream leaving the last block `[1, rows.len(), d]` at `rows`, for
     /// [`Transformer::forward_seqs`] without padding: the sequences end to end as one
     /// row of `n` positions, where every op but RoPE and attention works position by
     /// position; those take each position's place in its sequence and attend within it
-    /// ([`attention::attend_segments`]). Only for calls with neither hooks (their
-    /// positions would mean something else here) nor a prefix memo, where the fused
-    /// attention runs.
-    fn forward_segments(&self, seqs: &[Vec<u32>], rows: &[u32]) -> candle_core::Result<Tensor> {
-        self.unembed_inner(&self.segments_stream(seqs, rows)?)
-    }
-
-    /// The stream leaving the last block `[1, rows.len(), d]` at `rows`, run as
-    /// [`Llama::forward_segments`] runs it.
+    /// ([`attention::attend_segments`]). Only where [`Llama::runs_unpadded`].
     fn segments_stream(&self, seqs: &[Vec<u32>], rows: &[u32]) -> candle_core::Result<Tensor> {
         let ids: Vec<u32> = seqs.concat();
         let n = ids.len();
@@ -489,7 +482,7 @@ impl Transformer for Llama {
         if !self.runs_unpadded(seqs, hooks) {
             return super::forward_seqs_padded(self, seqs, pad, hooks, rows);
         }
-        let logits = self.forward_segments(seqs, rows)?;
+        let logits = self.unembed_inner(&self.segments_stream(seqs, rows)?)?;
         super::check_finite(&logits)?;
         Ok(logits.squeeze(0)?)
     }
